@@ -1,0 +1,193 @@
+"""The Residual interface: one PDE residual over ``(x, t)`` plus the dynamics to sample from it.
+
+A :class:`Residual` is an ``nn.Module`` that owns its networks and defines named pointwise
+terms :math:`r_k(x, t)` with weights :math:`\\alpha_k`. Its loss is
+
+.. math:: L = \\sum_k \\alpha_k \\frac1N \\sum_{i=1}^N r_k(x_i, t_i)^2,
+
+the squared norm of the stacked vector :math:`\\big(\\sqrt{\\alpha_k / N}\\, r_k(x_i, t_i)\\big)_{k,i}`
+that :meth:`Residual.forward` returns. Adam minimizes that norm, Gauss-Newton linearizes that
+vector through ``torch.func.functional_call`` (SPEC section 5), and the samplers integrate
+:meth:`Residual.dynamics`. None of them knows which residual it holds.
+
+To write a residual, subclass :class:`Residual` and implement :meth:`point_residuals` for a
+single point (it is vmapped over the batch) and :meth:`dynamics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from pdesampler.ops import Exact, TraceEstimator, batch_probes
+from pdesampler.targets import Target
+
+PointFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["Dynamics", "Residual", "ResidualShapeError"]
+
+
+class ResidualShapeError(ValueError):
+    """A residual term does not have the shape the interface requires."""
+
+
+def _zero_diffusion(t: Tensor) -> Tensor:
+    return torch.zeros_like(t)
+
+
+@dataclass
+class Dynamics:
+    """What sampling needs from a residual: :math:`dX = \\mu\\,dt + \\sigma(t)\\,dW` on
+    ``[t0, t1]`` (``t1 < t0`` runs backwards in time), started from ``prior`` at ``t0``.
+
+    Attributes:
+        drift: :math:`\\mu(x, t)` for one point, ``(d,), () -> (d,)``.
+        prior: the distribution of :math:`X_{t_0}` (``sample`` and normalized ``log_prob``).
+        t0: the start time.
+        t1: the end time, where the samples should follow the target.
+        diffusion: the scalar :math:`\\sigma(t)`; identically 0 for an ODE.
+        flow_drift: the probability-flow drift :math:`\\mu - \\tfrac12\\sigma\\sigma^\\top\\nabla V`
+            [S66] whose continuity equation has the same marginals. Its divergence gives the
+            log-density rate :math:`\\tfrac{d}{dt}\\log p(X_t) = -\\nabla\\cdot\\mu_{ODE}` [S64].
+            Equal to ``drift`` for an ODE.
+        stochastic: whether samples come from the SDE (``True``) or the ODE.
+    """
+
+    drift: PointFn
+    prior: Target
+    t0: float
+    t1: float
+    diffusion: Callable[[Tensor], Tensor] = _zero_diffusion
+    flow_drift: PointFn | None = None
+    stochastic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.flow_drift is None:
+            if self.stochastic:
+                raise ValueError("a stochastic Dynamics needs flow_drift for its likelihoods")
+            self.flow_drift = self.drift
+
+
+class Residual(nn.Module):
+    """Base class of every loss: named pointwise residual terms and their dynamics.
+
+    Args:
+        target: the unnormalized target density.
+        weights: the weight :math:`\\alpha_k` of each term, by name.
+        T: the time horizon.
+        estimator: the trace estimator for divergences and Laplacians (exact by default).
+        chunk_size: points per vmap chunk (``None``: all at once). Chunks that keep the
+            ``(chunk, d, width)`` forward-mode tangents in cache are faster on CPU for large d.
+
+    Class attributes:
+        pointwise: each term at point ``i`` depends on point ``i`` only, so Gauss-Newton may form
+            per-point Jacobians. Set it to ``False`` when overriding :meth:`residuals` with terms
+            that couple points.
+        default_collocation: the collocation sampler this residual trains best with.
+    """
+
+    pointwise: bool = True
+    default_collocation: str = "box"
+
+    def __init__(
+        self,
+        target: Target,
+        weights: Mapping[str, float],
+        T: float = 1.0,
+        estimator: TraceEstimator | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not weights:
+            raise ValueError(f"{type(self).__name__} needs at least one weighted term")
+        bad = {k: w for k, w in weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"term weights must be finite and >= 0, got {bad}")
+        self.target = target
+        self.weights = dict(weights)
+        self.T = float(T)
+        self.estimator = estimator or Exact()
+        self.chunk_size = chunk_size
+
+    @property
+    def dim(self) -> int:
+        return self.target.dim
+
+    # ------------------------------------------------------------------ the extension point
+    def point_residuals(self, x: Tensor, t: Tensor, probes: Tensor) -> dict[str, Tensor]:
+        """The residual terms at one point: ``x`` of shape ``(d,)``, scalar ``t``, and the trace
+        probes ``(k, d)`` to pass to the operators in :mod:`pdesampler.ops`. Returns one scalar
+        per term named in ``weights``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement point_residuals")
+
+    def dynamics(self) -> Dynamics:
+        """The SDE/ODE that transports the prior to the target with the learned functions."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dynamics")
+
+    # ------------------------------------------------------------------ derived, shared
+    def residuals(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The named residual terms on a batch: ``x`` ``(N, d)``, ``t`` ``(N,)`` -> ``(N,)`` each."""
+        self._check_batch(x, t)
+        probes, probe_dim = batch_probes(self.estimator, x)
+        terms = vmap(self.point_residuals, in_dims=(0, 0, probe_dim), chunk_size=self.chunk_size)(
+            x, t, probes
+        )
+        self._check_terms(terms, x.shape[0])
+        return terms
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The stacked vector :math:`(\\sqrt{\\alpha_k/N}\\, r_k(x_i, t_i))`, term-major, of
+        length ``K * N``; its squared norm is the loss."""
+        terms = self.residuals(x, t)
+        n = x.shape[0]
+        return torch.cat([math.sqrt(self.weights[k] / n) * terms[k] for k in self.weights])
+
+    def loss(self, x: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(r_k^2)` and the unweighted mean
+        square of each term (detached), for logging."""
+        terms = self.residuals(x, t)
+        parts = {k: terms[k].square().mean() for k in self.weights}
+        total = sum(self.weights[k] * parts[k] for k in self.weights)
+        return total, {k: v.detach() for k, v in parts.items()}
+
+    def log_z_estimate(self) -> float | None:
+        """The learned estimate of :math:`\\log Z` (for example :math:`\\log z(T)` of [S10]),
+        or ``None`` when the parametrization carries none."""
+        return None
+
+    # ------------------------------------------------------------------ validation
+    def _check_batch(self, x: Tensor, t: Tensor) -> None:
+        if x.dim() != 2 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (N, {self.dim}), got {tuple(x.shape)}"
+            )
+        if t.shape != x.shape[:1]:
+            raise ValueError(
+                f"{type(self).__name__} expects t of shape ({x.shape[0]},) to match x, "
+                f"got {tuple(t.shape)}"
+            )
+
+    def _check_terms(self, terms: Mapping[str, Tensor], n: int) -> None:
+        if not isinstance(terms, Mapping):
+            raise ResidualShapeError(
+                f"{type(self).__name__}.point_residuals must return a dict of terms, "
+                f"got {type(terms).__name__}"
+            )
+        missing = set(self.weights) - set(terms)
+        if missing:
+            raise ResidualShapeError(
+                f"{type(self).__name__} returned terms {sorted(terms)} but its weights name "
+                f"{sorted(self.weights)}; missing {sorted(missing)}"
+            )
+        for name in self.weights:
+            shape = tuple(terms[name].shape)
+            if shape != (n,):
+                raise ResidualShapeError(
+                    f"{type(self).__name__} term {name!r} has shape {shape} on a batch of {n} "
+                    f"points; expected ({n},): one scalar per point"
+                )

@@ -1,0 +1,123 @@
+"""Boltzmann interpolations (SPEC section 4; Máté & Fleuret 2023; Chemseddine et al. 2024).
+
+A Boltzmann curve :math:`\\rho_t = e^{-f_t}/Z_t` with velocity :math:`v_t` satisfies
+
+.. math:: \\partial_t f_t + C_t + \\langle\\nabla f_t, v_t\\rangle - \\nabla\\cdot v_t = 0,
+          \\qquad C_t = \\tfrac{d}{dt}\\log Z_t,
+
+which is logCE [S8] with :math:`V = -f_t - \\log Z_t` and :math:`\\mu = v_t` (the residual
+changes sign only). So each interpolation is a :class:`TransportResidual` without diffusion,
+whose log-density path carries the learned rate :math:`C_t` in :math:`\\partial_t V`.
+
+The energies use the normalized prior: :math:`-f_t = (1 - t)\\log p_{prior} + t\\log\\rho
++ t(1 - t)\\psi` differs from :math:`(1 - t)(-f_Z) + \\dots` by a function of ``t`` alone,
+which :math:`C_t` absorbs; then :math:`V(\\cdot, 0)` is normalized and
+:math:`\\int_0^1 C_t\\,dt` estimates :math:`\\log Z`.
+"""
+
+from __future__ import annotations
+
+from pdesampler.losses.parts import (
+    BridgeCoefficients,
+    FreeDrift,
+    GradientFlowCoefficients,
+    LinearBeta,
+    LogDensityPath,
+    ScoreDrift,
+)
+from pdesampler.losses.transport import (
+    NetSpec,
+    TransportResidual,
+    make_prior,
+    make_space_net,
+    make_time_net,
+)
+from pdesampler.targets import Target
+
+__all__ = ["gradflow", "learned", "linear"]
+
+
+def _interpolation(
+    target: Target,
+    *,
+    learn_psi: bool,
+    net: NetSpec | None,
+    time_spec: NetSpec | None,
+    prior_std: float,
+    **kw,
+) -> TransportResidual:
+    prior = make_prior(target.dim, prior_std)
+    correction = make_space_net(target.dim, 1, net, 1.0) if learn_psi else None
+    density = LogDensityPath(
+        target, prior, BridgeCoefficients(1.0), correction, log_z_rate=make_time_net(time_spec, 1.0)
+    )
+    drift = FreeDrift(make_space_net(target.dim, target.dim, net, 1.0))
+    return TransportResidual(
+        target, density, drift, prior, T=1.0, default_collocation="trajectory", **kw
+    )
+
+
+def linear(
+    target: Target,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    prior_std: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """Linear interpolation (SPEC 4.1): :math:`f_t = (1 - t) f_Z + t f_D`; learn :math:`v_t` and
+    :math:`C_t`. Collocation follows the current ODE trajectories."""
+    return _interpolation(
+        target, learn_psi=False, net=net, time_spec=time_net, prior_std=prior_std, **kw
+    )
+
+
+def learned(
+    target: Target,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    prior_std: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """Learned interpolation (SPEC 4.2, Máté & Fleuret): :math:`f_t = (1 - t) f_Z + t f_D +
+    t(1 - t)\\psi_t`; learn :math:`\\psi`, :math:`v_t` and :math:`C_t`."""
+    return _interpolation(
+        target, learn_psi=True, net=net, time_spec=time_net, prior_std=prior_std, **kw
+    )
+
+
+def gradflow(
+    target: Target,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+    learn_schedule: bool = True,
+    learn_rate: bool = False,
+    **kw,
+) -> TransportResidual:
+    """Gradient-flow interpolation (SPEC 4.3, Chemseddine et al.).
+
+    The curve is the law of the VP-SDE :math:`dX = -\\tfrac{\\beta(t)}2 X\\,dt +
+    \\sqrt{\\beta(t)}\\,dW` started at the target, :math:`\\beta(t) = \\beta_{min} +
+    t(\\beta_{max} - \\beta_{min})`. Its Fokker-Planck equation is the continuity equation with
+    :math:`v = -\\tfrac{\\beta}2(\\nabla g + x)`, so with :math:`V = g_t - \\int_0^t C`:
+
+    .. math:: r = \\partial_t g - C_t + \\langle\\nabla g, v\\rangle - \\tfrac{\\beta}2(\\Delta g + d),
+
+    with :math:`g_t = t\\,\\psi + (t\\,s(t) + 1 - t)\\log\\rho` (:math:`g_0 = \\log\\rho` exactly).
+    Sampling integrates the ODE backwards, from :math:`\\mathcal{N}(0, I)` at ``t = 1`` to
+    ``t = 0``. ``learn_rate`` adds the optional :math:`C_t`.
+    """
+    prior = make_prior(target.dim, 1.0)
+    schedule = make_time_net(time_net, 1.0) if learn_schedule else None
+    density = LogDensityPath(
+        target,
+        prior,
+        GradientFlowCoefficients(schedule),
+        make_space_net(target.dim, 1, net, 1.0),
+        log_z_rate=make_time_net(time_net, 1.0) if learn_rate else None,
+    )
+    drift = ScoreDrift(density, LinearBeta(beta_min, beta_max, 1.0), reverse=False)
+    return TransportResidual(
+        target, density, drift, prior, T=1.0, t_span=(1.0, 0.0), default_collocation="ou", **kw
+    )

@@ -1,0 +1,331 @@
+"""The parts every catalogue entry is composed of (DESIGN.md, "The idea that shapes the code").
+
+Three independent axes:
+
+1. **Log-density** :math:`V(x, t)` (:class:`LogDensityPath`): a time-dependent combination of
+   :math:`\\log\\rho`, :math:`\\log p_{prior}` and a learned correction, minus a normalizer.
+2. **Drift** :math:`\\mu(x, t)`: a free network (:class:`FreeDrift`), the gradient of a
+   potential (:class:`GradientDrift`, OT and SB), or fixed by :math:`V`
+   (:class:`ScoreDrift`, time reversal and gradient flow).
+3. **PDE**: the log-Fokker-Planck residual (:func:`log_fokker_planck`, logCE when
+   :math:`\\sigma = 0`) and the optional HJB regularizer (:func:`hjb`).
+
+All parts act on one point ``x`` of shape ``(d,)`` and a scalar ``t``; the Residual vmaps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pdesampler import ops
+from pdesampler.ops import ScalarJet, TraceEstimator
+from pdesampler.targets import Target
+
+__all__ = [
+    "BridgeCoefficients",
+    "ConstantBeta",
+    "Diffusion",
+    "DriftJet",
+    "FreeDrift",
+    "GradientDrift",
+    "GradientFlowCoefficients",
+    "LinearBeta",
+    "LogDensityPath",
+    "ReverseCoefficients",
+    "ScalarLogZ",
+    "ScoreDrift",
+    "constant_diffusion",
+    "hjb",
+    "log_fokker_planck",
+    "vp_reverse_diffusion",
+]
+
+
+def _point_log_prob(density: Target, x: Tensor) -> Tensor:
+    return density.log_prob(x[None])[0]
+
+
+def _unit_time(t: Tensor, T: float) -> Tensor:
+    return t / T
+
+
+# ---------------------------------------------------------------------------- noise schedules
+class ConstantBeta(nn.Module):
+    """:math:`\\beta(t) = \\bar\\sigma^2`, constant."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return torch.full_like(t, self.sigma**2)
+
+
+class LinearBeta(nn.Module):
+    """:math:`\\beta(t) = \\beta_{min} + (t/T)(\\beta_{max} - \\beta_{min})` (Song et al. VP-SDE)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
+        super().__init__()
+        self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.beta_min + _unit_time(t, self.T) * (self.beta_max - self.beta_min)
+
+
+# ---------------------------------------------------------------------------- log-density paths
+class Coefficients(nn.Module):
+    """The weights ``(a, b, c)`` of :math:`V = a\\log\\rho + b\\log p_{prior} + c\\,\\varphi - a\\log z`."""
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class BridgeCoefficients(Coefficients):
+    """[S10]: :math:`a = t/T`, :math:`b = 1 - t/T`, :math:`c = (t/T)(1 - t/T)`: both boundary
+    conditions hold exactly. Also the Boltzmann energies of Máté & Fleuret (SPEC 4.1-4.2)."""
+
+    def __init__(self, T: float = 1.0) -> None:
+        super().__init__()
+        self.T = float(T)
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = _unit_time(t, self.T)
+        return s, 1 - s, s * (1 - s)
+
+
+class ReverseCoefficients(Coefficients):
+    """Time reversal (SPEC 2.2, score): :math:`a = t/T`, :math:`b = c = 1 - t/T`. Only the terminal
+    condition :math:`V(\\cdot, T) = \\log\\rho` is imposed; :math:`V(\\cdot, 0) = \\log p_Y(\\cdot, T)`
+    is only approximately the prior, so the correction stays free at ``t = 0``."""
+
+    def __init__(self, T: float = 1.0) -> None:
+        super().__init__()
+        self.T = float(T)
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = _unit_time(t, self.T)
+        return s, 1 - s, 1 - s
+
+
+class GradientFlowCoefficients(Coefficients):
+    """Gradient flow (SPEC 4.3): :math:`g_t = t\\,\\psi(x, t) + (t\\,s(t) + 1 - t)\\log\\rho`, with
+    a learned schedule :math:`s(t)` (``None``: 0), so :math:`g_0 = \\log\\rho` exactly. Unit time."""
+
+    def __init__(self, schedule: nn.Module | None = None) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = self.schedule(t) if self.schedule is not None else torch.zeros_like(t)
+        return t * s + 1 - t, torch.zeros_like(t), t
+
+
+class ScalarLogZ(nn.Module):
+    """A learnable constant :math:`\\log z` (SPEC 2.1, used when phi is learned)."""
+
+    def __init__(self, init: float = 0.0) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.value.to(t).expand(t.shape)
+
+
+class LogDensityPath(nn.Module):
+    """The log-density of :math:`X_t` (SPEC 2.1 and 4):
+
+    .. math::
+        V(x, t) = a(t)\\big(\\log\\rho(x) - \\log z(t)\\big) + b(t)\\log p_{prior}(x)
+                  + c(t)\\,\\varphi(x, t) - \\int_0^t C_s\\,ds .
+
+    Args:
+        target: :math:`\\rho`.
+        prior: :math:`p_{prior}` (normalized).
+        coefficients: ``t -> (a, b, c)``, e.g. :class:`BridgeCoefficients` for [S10].
+        correction: the network :math:`\\varphi(x, t)` (``None``: :math:`\\varphi = 0`, annealing).
+        log_z: :math:`\\log z(t)`: a :class:`ScalarLogZ`, a network of ``t`` (annealing), or
+            ``None``.
+        log_z_rate: :math:`C_t = \\tfrac{d}{dt}\\log Z_t` of a Boltzmann curve (a network of ``t``),
+            which enters :math:`\\partial_t V` only, or ``None``.
+        T: the time horizon (where :math:`\\log z(T)` estimates :math:`\\log Z`).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        prior: Target,
+        coefficients: Coefficients,
+        correction: nn.Module | None = None,
+        log_z: nn.Module | None = None,
+        log_z_rate: nn.Module | None = None,
+        T: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.target, self.prior = target, prior
+        self.coefficients = coefficients
+        self.correction = correction
+        self.log_z = log_z
+        self.log_z_rate = log_z_rate
+        self.T = float(T)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """:math:`V(x, t)` at one point, without the :math:`\\int C` term."""
+        a, b, c = self.coefficients(t)
+        log_rho = _point_log_prob(self.target, x)
+        if self.log_z is not None:
+            log_rho = log_rho - self.log_z(t)
+        value = a * log_rho + b * _point_log_prob(self.prior, x)
+        if self.correction is not None:
+            value = value + c * self.correction(x, t)
+        return value
+
+    def jet(self, x: Tensor, t: Tensor, probes: Tensor, estimator: TraceEstimator, laplacian: bool):
+        """:math:`(V, \\partial_t V, \\nabla V, \\Delta V)` at one point (:func:`ops.scalar_jet`)."""
+        jet = ops.scalar_jet(self.forward, estimator, laplacian=laplacian)(x, t, probes)
+        if self.log_z_rate is not None:
+            jet = jet._replace(dt=jet.dt - self.log_z_rate(t))
+        return jet
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """:math:`\\nabla_x V(x, t)` at one point."""
+        return ops.gradient(self.forward)(x, t)
+
+    def log_z_estimate(self) -> float | None:
+        """:math:`\\log z(T)`, or :math:`\\int_0^T C_t\\,dt` (Gauss-Legendre) for a Boltzmann curve
+        whose :math:`V(\\cdot, 0)` is the normalized prior; ``None`` otherwise."""
+        param = next(self.parameters(), None)
+        kw = {"dtype": param.dtype if param is not None else torch.float32}
+        if self.log_z is not None:
+            return float(self.log_z(torch.tensor(self.T, **kw)).detach())
+        if self.log_z_rate is not None and isinstance(self.coefficients, BridgeCoefficients):
+            nodes, weights = _gauss_legendre(32, 0.0, self.T, **kw)
+            return float((weights * self.log_z_rate(nodes)).sum().detach())
+        return None
+
+
+def _gauss_legendre(n: int, lo: float, hi: float, dtype: torch.dtype):
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    nodes = torch.as_tensor(0.5 * (hi - lo) * nodes + 0.5 * (hi + lo), dtype=dtype)
+    return nodes, torch.as_tensor(0.5 * (hi - lo) * weights, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- drifts
+class DriftJet(NamedTuple):
+    """The drift at one point, its divergence, and the potential's jet when
+    :math:`\\mu = \\nabla\\Phi` (for the HJB term)."""
+
+    value: Tensor
+    div: Tensor
+    potential: ScalarJet | None = None
+
+
+class Drift(nn.Module):
+    """A drift :math:`\\mu(x, t)`. ``forward`` gives the value at one point (for sampling) and
+    ``jet`` the value with its divergence (for residuals), given the log-density's jet."""
+
+    needs_density_laplacian: bool = False
+
+    def jet(
+        self, x: Tensor, t: Tensor, probes: Tensor, estimator: TraceEstimator, density: ScalarJet
+    ) -> DriftJet:
+        raise NotImplementedError
+
+
+class FreeDrift(Drift):
+    """:math:`\\mu` is a network of ``(x, t)`` (logCE, logFP, annealing, Boltzmann curves)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, t)
+
+    def jet(self, x, t, probes, estimator, density) -> DriftJet:
+        value, div = ops.vector_jet(self.net, estimator)(x, t, probes)
+        return DriftJet(value, div)
+
+
+class GradientDrift(Drift):
+    """:math:`\\mu = \\nabla\\Phi` for a potential network :math:`\\Phi(x, t)` (OT, SB: [S19]-[S23]);
+    :math:`\\nabla\\cdot\\mu = \\Delta\\Phi`."""
+
+    def __init__(self, potential: nn.Module) -> None:
+        super().__init__()
+        self.potential = potential
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return ops.gradient(self.potential)(x, t)
+
+    def jet(self, x, t, probes, estimator, density) -> DriftJet:
+        phi = ops.scalar_jet(self.potential, estimator)(x, t, probes)
+        return DriftJet(phi.grad, phi.lap, phi)
+
+
+class ScoreDrift(Drift):
+    """A drift fixed by the log-density, :math:`\\mu = A(t)\\nabla V + B(t)\\,x`, with
+    :math:`\\nabla\\cdot\\mu = A(t)\\Delta V + d\\,B(t)`.
+
+    * Time reversal of the VP-SDE [S15]: :math:`\\mu = \\sigma^2\\nabla V - f` with
+      :math:`f = -\\tfrac{\\beta}2 x`, :math:`\\sigma^2 = \\beta`: :math:`A = \\beta(T - t)`,
+      :math:`B = \\beta(T - t)/2` (``reverse=True``).
+    * Gradient flow (SPEC 4.3): :math:`v = -\\tfrac{\\beta(t)}2(\\nabla g + x)`: :math:`A = B =
+      -\\beta(t)/2` (``reverse=False``).
+    """
+
+    needs_density_laplacian = True
+
+    def __init__(self, density: LogDensityPath, beta: nn.Module, reverse: bool, T: float = 1.0):
+        super().__init__()
+        self.density, self.beta, self.reverse, self.T = density, beta, reverse, float(T)
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        if self.reverse:
+            beta = self.beta(self.T - t)
+            return beta, beta / 2
+        beta = self.beta(t)
+        return -beta / 2, -beta / 2
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        A, B = self.coefficients(t)
+        return A * self.density.score(x, t) + B * x
+
+    def jet(self, x, t, probes, estimator, density) -> DriftJet:
+        A, B = self.coefficients(t)
+        return DriftJet(A * density.grad + B * x, A * density.lap + x.shape[-1] * B)
+
+
+# ---------------------------------------------------------------------------- PDE residuals
+def log_fokker_planck(V: ScalarJet, mu: DriftJet, sigma_sq: Tensor | float | None) -> Tensor:
+    """logFP [S7]: :math:`\\partial_t V + \\nabla\\cdot\\mu + \\nabla V\\cdot\\mu
+    - \\tfrac12\\sigma^2|\\nabla V|^2 - \\tfrac12\\sigma^2\\Delta V`; logCE [S8] when
+    ``sigma_sq`` is ``None`` (then :math:`\\Delta V` is not needed)."""
+    r = V.dt + mu.div + (V.grad * mu.value).sum()
+    if sigma_sq is None:
+        return r
+    return r - 0.5 * sigma_sq * ((V.grad * V.grad).sum() + V.lap)
+
+
+def hjb(Phi: ScalarJet, sigma_sq: Tensor | float | None) -> Tensor:
+    """HJB for SB [S20]: :math:`\\partial_t\\Phi + \\tfrac12|\\nabla\\Phi|^2 +
+    \\tfrac12\\sigma^2\\Delta\\Phi`; for OT [S21] when ``sigma_sq`` is ``None``."""
+    r = Phi.dt + 0.5 * (Phi.grad * Phi.grad).sum()
+    return r if sigma_sq is None else r + 0.5 * sigma_sq * Phi.lap
+
+
+Diffusion = Callable[[Tensor], Tensor]
+
+
+def constant_diffusion(sigma: float) -> Diffusion:
+    """:math:`\\sigma(t) = \\bar\\sigma`."""
+    return lambda t: torch.full_like(t, float(sigma))
+
+
+def vp_reverse_diffusion(beta: nn.Module, T: float) -> Diffusion:
+    """The diffusion of the reversed VP-SDE: :math:`\\sigma(t) = \\sqrt{\\beta(T - t)}`."""
+    return lambda t: beta(T - t).sqrt()

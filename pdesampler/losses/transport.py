@@ -1,0 +1,329 @@
+"""The transport residual and the loss catalogue of Sun et al. (SPEC 2.2, Table 1).
+
+:class:`TransportResidual` composes one log-density path, one drift and one PDE (logFP with
+diffusion :math:`\\sigma`, or logCE when :math:`\\sigma = 0`), with an optional HJB term. Each
+catalogue entry below is a few lines that pick the parts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from pdesampler.losses.base import Dynamics, Residual
+from pdesampler.losses.parts import (
+    BridgeCoefficients,
+    ConstantBeta,
+    Diffusion,
+    Drift,
+    FreeDrift,
+    GradientDrift,
+    LinearBeta,
+    LogDensityPath,
+    ReverseCoefficients,
+    ScalarLogZ,
+    ScoreDrift,
+    constant_diffusion,
+    hjb,
+    log_fokker_planck,
+    vp_reverse_diffusion,
+)
+from pdesampler.nets import MLP, TimeMLP
+from pdesampler.ops import TraceEstimator
+from pdesampler.targets import Gaussian, Target
+
+__all__ = [
+    "TransportResidual",
+    "logce",
+    "logce_anneal",
+    "logfp",
+    "logfp_anneal",
+    "make_prior",
+    "ot",
+    "sb",
+    "score",
+]
+
+NetSpec = Mapping[str, Any]
+
+
+class TransportResidual(Residual):
+    """:math:`r_{pde} = \\mathcal{R}_{\\log FP}(\\mu, V)` [S7] (logCE [S8] without diffusion),
+    plus :math:`r_{hjb} = \\mathcal{R}_{HJB}(\\Phi)` [S20]/[S21] when the drift is
+    :math:`\\nabla\\Phi` and ``hjb_weight`` is given ([S22]/[S23]).
+
+    Args:
+        target: the unnormalized target.
+        density: the log-density path :math:`V`.
+        drift: the drift :math:`\\mu`.
+        prior: the distribution at the start of ``t_span``.
+        diffusion: :math:`\\sigma(t)` (``None``: an ODE and the logCE residual).
+        hjb_weight: the weight :math:`\\alpha` of the HJB term (``None``: no HJB term).
+        t_span: ``(t0, t1)`` of the sampling dynamics (default ``(0, T)``).
+        default_collocation: the collocation sampler this entry trains best with.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        density: LogDensityPath,
+        drift: Drift,
+        prior: Target,
+        *,
+        diffusion: Diffusion | None = None,
+        hjb_weight: float | None = None,
+        T: float = 1.0,
+        t_span: tuple[float, float] | None = None,
+        estimator: TraceEstimator | None = None,
+        chunk_size: int | None = None,
+        default_collocation: str = "box",
+    ) -> None:
+        weights = {"pde": 1.0}
+        if hjb_weight is not None:
+            if not isinstance(drift, GradientDrift):
+                raise ValueError("an HJB term needs a GradientDrift (mu = grad Phi)")
+            weights["hjb"] = float(hjb_weight)
+        super().__init__(target, weights, T=T, estimator=estimator, chunk_size=chunk_size)
+        self.density, self.drift, self.prior = density, drift, prior
+        self.diffusion = diffusion
+        self.t_span = t_span if t_span is not None else (0.0, self.T)
+        self.default_collocation = default_collocation
+
+    def sigma_sq(self, t: Tensor) -> Tensor | None:
+        return None if self.diffusion is None else self.diffusion(t) ** 2
+
+    def point_residuals(self, x: Tensor, t: Tensor, probes: Tensor) -> dict[str, Tensor]:
+        sigma_sq = self.sigma_sq(t)
+        laplacian = sigma_sq is not None or self.drift.needs_density_laplacian
+        V = self.density.jet(x, t, probes, self.estimator, laplacian=laplacian)
+        mu = self.drift.jet(x, t, probes, self.estimator, V)
+        terms = {"pde": log_fokker_planck(V, mu, sigma_sq)}
+        if "hjb" in self.weights:
+            terms["hjb"] = hjb(mu.potential, sigma_sq)
+        return terms
+
+    def flow_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """Probability-flow drift [S66]: :math:`\\mu - \\tfrac12\\sigma^2\\nabla V`."""
+        return self.drift(x, t) - 0.5 * self.sigma_sq(t) * self.density.score(x, t)
+
+    def dynamics(self) -> Dynamics:
+        t0, t1 = self.t_span
+        if self.diffusion is None:
+            return Dynamics(drift=self.drift, prior=self.prior, t0=t0, t1=t1)
+        return Dynamics(
+            drift=self.drift,
+            prior=self.prior,
+            t0=t0,
+            t1=t1,
+            diffusion=self.diffusion,
+            flow_drift=self.flow_drift,
+            stochastic=True,
+        )
+
+    def log_z_estimate(self) -> float | None:
+        return self.density.log_z_estimate()
+
+
+# ---------------------------------------------------------------------------- builders
+def make_prior(dim: int, prior_std: float = 1.0) -> Gaussian:
+    """:math:`p_{prior} = \\mathcal{N}(0, s_0^2 I)`."""
+    return Gaussian(mean=0.0, std=prior_std, dim=dim)
+
+
+def make_space_net(dim: int, out_dim: int, net: NetSpec | None, T: float) -> MLP:
+    """An :class:`MLP` of ``(x, t)`` from a net spec (width, depth, activation, ...)."""
+    return MLP(dim, out_dim, T=T, **dict(net or {}))
+
+
+def make_time_net(spec: NetSpec | None, T: float) -> TimeMLP:
+    """A :class:`TimeMLP` of ``t`` from a spec (width, depth, time_features, ...)."""
+    return TimeMLP(T=T, **dict(spec or {}))
+
+
+def _bridge(
+    target: Target,
+    *,
+    learn_phi: bool,
+    net: NetSpec | None,
+    time_spec: NetSpec | None,
+    prior_std: float,
+    T: float,
+) -> tuple[LogDensityPath, Target]:
+    """[S10]: phi and a scalar :math:`\\log z` when phi is learned; :math:`\\varphi = 0` and a
+    network :math:`\\log z(t)` for annealing (SPEC 2.1)."""
+    prior = make_prior(target.dim, prior_std)
+    correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
+    log_z = ScalarLogZ() if learn_phi else make_time_net(time_spec, T)
+    density = LogDensityPath(target, prior, BridgeCoefficients(T), correction, log_z=log_z, T=T)
+    return density, prior
+
+
+def _free_drift_residual(
+    target: Target,
+    *,
+    learn_phi: bool,
+    sigma: float | None,
+    net: NetSpec | None,
+    time_spec: NetSpec | None,
+    prior_std: float,
+    T: float,
+    **kw,
+) -> TransportResidual:
+    density, prior = _bridge(
+        target, learn_phi=learn_phi, net=net, time_spec=time_spec, prior_std=prior_std, T=T
+    )
+    drift = FreeDrift(make_space_net(target.dim, target.dim, net, T))
+    diffusion = constant_diffusion(sigma) if sigma else None
+    return TransportResidual(target, density, drift, prior, diffusion=diffusion, T=T, **kw)
+
+
+def logce(
+    target: Target, net: NetSpec | None = None, prior_std: float = 1.0, T: float = 1.0, **kw
+) -> TransportResidual:
+    """logCE ("ODE"): learn :math:`\\mu`, :math:`\\varphi`, :math:`z` with the logCE residual [S8]."""
+    return _free_drift_residual(
+        target, learn_phi=True, sigma=None, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
+    )
+
+
+def logfp(
+    target: Target,
+    net: NetSpec | None = None,
+    sigma: float = math.sqrt(2),
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """logFP ("SDE"): learn :math:`\\mu`, :math:`\\varphi`, :math:`z` with the logFP residual [S7]."""
+    return _free_drift_residual(
+        target, learn_phi=True, sigma=sigma, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
+    )
+
+
+def logce_anneal(
+    target: Target,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """logCE-anneal [S14]: :math:`\\varphi = 0` (geometric path), learn :math:`\\mu` and :math:`z(t)`."""
+    return _free_drift_residual(
+        target,
+        learn_phi=False,
+        sigma=None,
+        net=net,
+        time_spec=time_net,
+        prior_std=prior_std,
+        T=T,
+        **kw,
+    )
+
+
+def logfp_anneal(
+    target: Target,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    sigma: float = math.sqrt(2),
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """logFP-anneal [S14]: the geometric path with diffusion; learn :math:`\\mu` and :math:`z(t)`."""
+    return _free_drift_residual(
+        target,
+        learn_phi=False,
+        sigma=sigma,
+        net=net,
+        time_spec=time_net,
+        prior_std=prior_std,
+        T=T,
+        **kw,
+    )
+
+
+def _potential_residual(
+    target: Target,
+    *,
+    sigma: float | None,
+    alpha: float,
+    net: NetSpec | None,
+    prior_std: float,
+    T: float,
+    **kw,
+) -> TransportResidual:
+    density, prior = _bridge(
+        target, learn_phi=True, net=net, time_spec=None, prior_std=prior_std, T=T
+    )
+    drift = GradientDrift(make_space_net(target.dim, 1, net, T))
+    diffusion = constant_diffusion(sigma) if sigma else None
+    return TransportResidual(
+        target, density, drift, prior, diffusion=diffusion, hjb_weight=alpha, T=T, **kw
+    )
+
+
+def ot(
+    target: Target,
+    net: NetSpec | None = None,
+    alpha: float = 1.0,
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """OT [S23]: :math:`\\mathcal{L}_{\\log CE}(\\nabla\\Phi, V) + \\alpha\\,\\mathbb{E}[\\mathcal{R}^{OT}_{HJB}(\\Phi)^2]`."""
+    return _potential_residual(
+        target, sigma=None, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
+    )
+
+
+def sb(
+    target: Target,
+    net: NetSpec | None = None,
+    alpha: float = 1.0,
+    sigma: float = math.sqrt(2),
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """SB [S22]: :math:`\\mathcal{L}_{\\log FP}(\\nabla\\Phi, V) + \\alpha\\,\\mathbb{E}[\\mathcal{R}^{SB}_{HJB}(\\Phi)^2]`."""
+    return _potential_residual(
+        target, sigma=sigma, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
+    )
+
+
+def score(
+    target: Target,
+    net: NetSpec | None = None,
+    schedule: str = "constant",
+    sigma: float = math.sqrt(10),
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+    prior_std: float = 1.0,
+    T: float = 1.0,
+    **kw,
+) -> TransportResidual:
+    """Score / time reversal [S15]-[S18]: the reversal of the VP-SDE
+    :math:`dY = -\\tfrac{\\beta(s)}2 Y\\,ds + \\sqrt{\\beta(s)}\\,dW`, :math:`Y_0 \\sim p_{target}`.
+
+    :math:`V(\\cdot, t) = \\log p_Y(\\cdot, T - t)` up to a constant solves [S15] with
+    :math:`\\mu = \\sigma^2\\nabla V - f`; the constant is irrelevant there, so no :math:`z` is
+    learned. ``schedule="constant"`` uses :math:`\\beta = \\bar\\sigma^2` (SPEC 2.2; the default
+    :math:`\\bar\\sigma^2 T = 10` makes :math:`p_Y(\\cdot, T)` within :math:`e^{-5}` of the prior
+    in mean); ``"linear"`` the VP schedule :math:`\\beta_{min} \\to \\beta_{max}` ([S73]/[S74]).
+    """
+    if schedule == "constant":
+        beta = ConstantBeta(sigma)
+    elif schedule == "linear":
+        beta = LinearBeta(beta_min, beta_max, T)
+    else:
+        raise ValueError(f"unknown score schedule {schedule!r}; available: ['constant', 'linear']")
+    prior = make_prior(target.dim, prior_std)
+    correction = make_space_net(target.dim, 1, net, T)
+    density = LogDensityPath(target, prior, ReverseCoefficients(T), correction, T=T)
+    drift = ScoreDrift(density, beta, reverse=True, T=T)
+    diffusion = vp_reverse_diffusion(beta, T)
+    return TransportResidual(target, density, drift, prior, diffusion=diffusion, T=T, **kw)

@@ -1,0 +1,140 @@
+"""Networks of ``(x, t)`` and of ``t`` alone.
+
+Every network takes ``x`` of shape ``(..., d)`` and ``t`` of shape ``(...)``, so the same module
+serves a single point inside ``torch.func.vmap`` and a whole batch. The last layer starts at
+zero (``zero_init=True``), so that phi, psi and the drift mu start exactly at 0 and training
+starts from the parametrization's interpolation between prior and target.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLP", "FourierTimeFeatures", "TimeMLP"]
+
+_ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; available: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+class FourierTimeFeatures(nn.Module):
+    """:math:`t \\mapsto (t/T, \\sin(2\\pi k t/T), \\cos(2\\pi k t/T))_{k=1..K}`, fixed frequencies."""
+
+    def __init__(self, n_frequencies: int, T: float = 1.0) -> None:
+        super().__init__()
+        self.T = float(T)
+        self.register_buffer("freqs", 2 * math.pi * torch.arange(1, n_frequencies + 1) / self.T)
+
+    @property
+    def out_dim(self) -> int:
+        return 1 + 2 * self.freqs.numel()
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = t[..., None] * self.freqs.to(t)
+        return torch.cat([t[..., None] / self.T, angles.sin(), angles.cos()], dim=-1)
+
+
+class _Trunk(nn.Module):
+    """Shared body: input layer, hidden layers (optionally residual), zero-initialized output."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        width: int,
+        depth: int,
+        activation: str,
+        residual: bool,
+        zero_init: bool,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1 hidden layer, got {depth}")
+        self.input = nn.Linear(in_dim, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.output = nn.Linear(width, out_dim)
+        self.act = _activation(activation)
+        self.residual = residual
+        if zero_init:
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = self.act(self.input(h))
+        for layer in self.hidden:
+            h = h + self.act(layer(h)) if self.residual else self.act(layer(h))
+        return self.output(h)
+
+
+class MLP(nn.Module):
+    """:math:`(x, t) \\mapsto` an ``out_dim`` vector; ``out_dim=1`` gives a scalar field
+    (the output is squeezed).
+
+    Args:
+        dim: the space dimension ``d``.
+        out_dim: output size (``d`` for a drift, 1 for phi or a potential).
+        width: hidden width.
+        depth: number of hidden layers.
+        activation: ``silu`` (swish, as in both papers), ``tanh``, ``gelu`` or ``softplus``.
+        residual: use residual connections between hidden layers.
+        time_features: number of Fourier frequencies of ``t`` (0: ``t`` enters as is).
+        T: the time horizon, which scales the Fourier features.
+        zero_init: start the last layer at zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int = 1,
+        width: int = 128,
+        depth: int = 3,
+        activation: str = "silu",
+        residual: bool = False,
+        time_features: int = 0,
+        T: float = 1.0,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim, self.out_dim = int(dim), int(out_dim)
+        self.time_features = FourierTimeFeatures(time_features, T) if time_features > 0 else None
+        t_dim = self.time_features.out_dim if self.time_features is not None else 1
+        self.trunk = _Trunk(dim + t_dim, out_dim, width, depth, activation, residual, zero_init)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"MLP expects x with last dimension {self.dim}, got {tuple(x.shape)}")
+        t = t.to(x).expand(x.shape[:-1])
+        feats = self.time_features(t) if self.time_features is not None else t[..., None]
+        out = self.trunk(torch.cat([x, feats], dim=-1))
+        return out[..., 0] if self.out_dim == 1 else out
+
+
+class TimeMLP(nn.Module):
+    """A small network of ``t`` alone, :math:`t \\mapsto \\mathbb{R}`: for :math:`\\log z(t)`,
+    :math:`C_t` and schedules. ``init`` is the constant it starts at."""
+
+    def __init__(
+        self,
+        width: int = 32,
+        depth: int = 2,
+        activation: str = "silu",
+        time_features: int = 4,
+        T: float = 1.0,
+        init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.time_features = FourierTimeFeatures(time_features, T) if time_features > 0 else None
+        t_dim = self.time_features.out_dim if self.time_features is not None else 1
+        self.trunk = _Trunk(t_dim, 1, width, depth, activation, residual=False, zero_init=True)
+        nn.init.constant_(self.trunk.output.bias, float(init))
+
+    def forward(self, t: Tensor) -> Tensor:
+        feats = self.time_features(t) if self.time_features is not None else t[..., None]
+        return self.trunk(feats.to(self.trunk.input.weight))[..., 0]
