@@ -30,7 +30,8 @@ class FourierTimeFeatures(nn.Module):
     def __init__(self, n_frequencies: int, T: float = 1.0) -> None:
         super().__init__()
         self.T = float(T)
-        self.register_buffer("freqs", 2 * math.pi * torch.arange(1, n_frequencies + 1) / self.T)
+        freqs = torch.arange(1, n_frequencies + 1, dtype=torch.float64)
+        self.register_buffer("freqs", 2 * math.pi * freqs / self.T)
 
     @property
     def out_dim(self) -> int:

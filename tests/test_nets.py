@@ -1,0 +1,63 @@
+"""Networks: shapes for one point and for a batch, zero start, and time features."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import vmap
+
+from pdesampler.nets import MLP, FourierTimeFeatures, TimeMLP
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("time_features", [0, 3])
+def test_mlp_point_and_batch_agree(residual: bool, time_features: int) -> None:
+    torch.manual_seed(0)
+    net = MLP(
+        3, 3, width=16, depth=3, residual=residual, time_features=time_features, zero_init=False
+    )
+    x, t = torch.randn(5, 3), torch.rand(5)
+    batch = net(x, t)
+    assert batch.shape == (5, 3)
+    torch.testing.assert_close(vmap(net)(x, t), batch)
+    torch.testing.assert_close(net(x[2], t[2]), batch[2])
+
+
+def test_scalar_mlp_is_squeezed_and_starts_at_zero() -> None:
+    net = MLP(4, 1, width=8, depth=2)
+    out = net(torch.randn(6, 4), torch.rand(6))
+    assert out.shape == (6,)
+    assert torch.equal(out, torch.zeros(6))
+    grads = torch.autograd.grad(
+        net(torch.randn(6, 4), torch.rand(6)).sum(), net.parameters(), allow_unused=True
+    )
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "zero start must still train"
+
+
+def test_fourier_features_are_periodic_in_T() -> None:
+    feats = FourierTimeFeatures(4, T=2.0)
+    t = torch.tensor([0.3, 0.3 + 2.0], dtype=torch.float64)
+    out = feats(t)
+    assert out.shape == (2, 9)
+    torch.testing.assert_close(out[0, 1:], out[1, 1:])
+    torch.testing.assert_close(out[:, 0], t / 2.0)
+    torch.testing.assert_close(
+        out[0, 1], torch.tensor(math.sin(2 * math.pi * 0.3 / 2.0), dtype=torch.float64)
+    )
+
+
+def test_time_mlp_starts_at_init() -> None:
+    net = TimeMLP(init=1.5)
+    torch.testing.assert_close(net(torch.rand(4)), torch.full((4,), 1.5))
+    assert net(torch.tensor(0.5)).shape == ()
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="activation"):
+        MLP(2, 1, activation="relu6")
+    with pytest.raises(ValueError, match="depth"):
+        MLP(2, 1, depth=0)
+    with pytest.raises(ValueError, match="last dimension 2"):
+        MLP(2, 1)(torch.randn(3, 5), torch.rand(3))
