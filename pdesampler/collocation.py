@@ -1,0 +1,268 @@
+"""Collocation samplers: where the residual is evaluated.
+
+A sampler is called with the batch size and returns ``(x, t)``: ``x`` of shape ``(n, d)`` and
+``t`` of shape ``(n,)``, detached, on the sampler's device and dtype. Samplers that follow the
+current model get it through :meth:`CollocationSampler.bind` and refresh themselves in
+:meth:`CollocationSampler.update`, which the trainer calls before every step.
+
+* :class:`BoxSampler`: uniform on the box [S63] that interpolates the prior and target boxes.
+* :class:`TrajectoryCache`: Sun et al. Appendix D.1 / Table 4: every ``every`` steps simulate
+  and cache ``n_trajectories`` trajectories, then mix cached points with uniform ones.
+* :class:`OUSampler`: gradient flow (SPEC 4.3): :math:`x_t = a_t u + s_t n`, ``u`` uniform on the
+  target box, ``n ~ N(0, I)``.
+* :class:`TrajectorySampler`: Máté & Fleuret: prior samples moved along the current velocity
+  with one RK4 step between consecutive time points; all points of the path are used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+from torchdiffeq import odeint
+
+from pdesampler.losses.base import Dynamics, Residual
+from pdesampler.losses.parts import LinearBeta
+
+__all__ = [
+    "BoxSampler",
+    "CollocationSampler",
+    "OUSampler",
+    "TrajectoryCache",
+    "TrajectorySampler",
+    "make_collocation",
+]
+
+
+class CollocationSampler:
+    """Base class: ``sampler(n) -> (x, t)``."""
+
+    def __init__(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device):
+        self.generator, self.dtype, self.device = generator, dtype, torch.device(device)
+        self.residual: Residual | None = None
+
+    def bind(self, residual: Residual) -> None:
+        """Attach the model whose dynamics trajectory-based samplers follow."""
+        self.residual = residual
+
+    def update(self, step: int) -> None:
+        """Called by the trainer before step ``step`` (a no-op unless the sampler caches)."""
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.generator, dtype=self.dtype).to(self.device)
+
+    def _randn(self, *shape: int) -> Tensor:
+        return torch.randn(shape, generator=self.generator, dtype=self.dtype).to(self.device)
+
+
+def _box(bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in bounds)
+    if (hi <= lo).any():
+        raise ValueError(f"box upper bounds must exceed lower bounds, got {lo} and {hi}")
+    return lo, hi
+
+
+class BoxSampler(CollocationSampler):
+    """[S63]: :math:`t \\sim U[0, T]`, :math:`x \\sim U[\\underline\\Omega(t), \\overline\\Omega(t)]`
+    with :math:`\\underline\\Omega(t) = (t/T)\\underline\\Omega_{target} + (1 - t/T)\\underline\\Omega_{prior}`
+    (likewise the upper bound), componentwise. ``target_at_start`` swaps the ends (for a curve
+    that runs from the target at ``t = 0``)."""
+
+    def __init__(
+        self,
+        prior_box: tuple[Tensor, Tensor],
+        target_box: tuple[Tensor, Tensor],
+        T: float,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        target_at_start: bool = False,
+    ) -> None:
+        super().__init__(generator, dtype, device)
+        (p_lo, p_hi), (q_lo, q_hi) = _box(prior_box), _box(target_box)
+        if target_at_start:
+            (p_lo, p_hi), (q_lo, q_hi) = (q_lo, q_hi), (p_lo, p_hi)
+        self.start = (p_lo.to(device, dtype), p_hi.to(device, dtype))
+        self.end = (q_lo.to(device, dtype), q_hi.to(device, dtype))
+        self.T = float(T)
+
+    def bounds(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        u = (t / self.T)[:, None]
+        lo = (1 - u) * self.start[0] + u * self.end[0]
+        hi = (1 - u) * self.start[1] + u * self.end[1]
+        return lo, hi
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        t = self.T * self._rand(n)
+        lo, hi = self.bounds(t)
+        return lo + (hi - lo) * self._rand(n, self.start[0].numel()), t
+
+
+def _batched_drift(dynamics: Dynamics):
+    drift = vmap(dynamics.drift)
+
+    def f(t: Tensor, x: Tensor) -> Tensor:
+        return drift(x, t.expand(x.shape[0]))
+
+    return f
+
+
+class TrajectoryCache(CollocationSampler):
+    """Sun et al. App. D.1: every ``every`` steps, simulate ``n_trajectories`` trajectories of the
+    current dynamics on ``n_times`` time points (RK4 for ODEs, Euler-Maruyama for SDEs) and cache
+    all their points, detached. A batch takes ``fraction`` from the cache and the rest from
+    ``base`` (uniform on the box). Table 4 of the paper: 10k trajectories, 200 time points,
+    refreshed every 5k steps, half the batch from the cache."""
+
+    def __init__(
+        self,
+        base: CollocationSampler,
+        n_trajectories: int = 10_000,
+        n_times: int = 200,
+        every: int = 5_000,
+        fraction: float = 0.5,
+        start: int = 0,
+    ) -> None:
+        super().__init__(base.generator, base.dtype, base.device)
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        self.base, self.fraction = base, float(fraction)
+        self.n_trajectories, self.n_times, self.every, self.start = n_trajectories, n_times, every, start
+        self.cache: tuple[Tensor, Tensor] | None = None
+
+    def update(self, step: int) -> None:
+        if step >= self.start and (self.cache is None or (step - self.start) % self.every == 0):
+            self.cache = self.simulate()
+
+    @torch.no_grad()
+    def simulate(self) -> tuple[Tensor, Tensor]:
+        if self.residual is None:
+            raise RuntimeError("TrajectoryCache needs bind(residual) before update()")
+        dyn = self.residual.dynamics()
+        x0 = dyn.prior.sample(self.n_trajectories, self.generator).to(self.device, self.dtype)
+        times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)
+        if dyn.stochastic:
+            states = self._euler_maruyama(dyn, x0, times)
+        else:
+            states = odeint(_batched_drift(dyn), x0, times, method="rk4")
+        t = times[:, None].expand(states.shape[:2])
+        keep = torch.isfinite(states).all(-1)
+        return states[keep].detach(), t[keep].detach()
+
+    def _euler_maruyama(self, dyn: Dynamics, x: Tensor, times: Tensor) -> Tensor:
+        drift = _batched_drift(dyn)
+        states = [x]
+        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+            dt = t1 - t0
+            x = x + drift(t0, x) * dt + dyn.diffusion(t0) * dt.abs().sqrt() * self._randn(*x.shape)
+            states.append(x)
+        return torch.stack(states)
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        n_cached = int(round(self.fraction * n)) if self.cache is not None else 0
+        x, t = self.base(n - n_cached)
+        if n_cached == 0:
+            return x, t
+        idx = torch.randint(0, self.cache[0].shape[0], (n_cached,), generator=self.generator)
+        idx = idx.to(self.device)
+        return torch.cat([x, self.cache[0][idx]]), torch.cat([t, self.cache[1][idx]])
+
+
+class OUSampler(CollocationSampler):
+    """Chemseddine et al. (SPEC 4.3): :math:`t \\sim U[t_{min}, 1]`, :math:`x_t = a_t u + s_t n`
+    with :math:`u \\sim U(\\text{target box})`, :math:`n \\sim \\mathcal{N}(0, I)`,
+    :math:`a_t = e^{-B(t)/2}`, :math:`s_t^2 = 1 - a_t^2`, :math:`B(t) = \\int_0^t \\beta`."""
+
+    def __init__(
+        self,
+        target_box: tuple[Tensor, Tensor],
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        t_min: float = 1e-3,
+    ) -> None:
+        super().__init__(generator, dtype, device)
+        lo, hi = _box(target_box)
+        self.lo, self.hi = lo.to(device, dtype), hi.to(device, dtype)
+        self.beta = LinearBeta(beta_min, beta_max, 1.0)
+        self.t_min = float(t_min)
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        t = self.t_min + (1 - self.t_min) * self._rand(n)
+        B = t * (self.beta(torch.zeros_like(t)) + self.beta(t)) / 2
+        a = torch.exp(-0.5 * B)[:, None]
+        u = self.lo + (self.hi - self.lo) * self._rand(n, self.lo.numel())
+        return a * u + (1 - a**2).sqrt() * self._randn(n, self.lo.numel()), t
+
+
+class TrajectorySampler(CollocationSampler):
+    """Máté & Fleuret (SPEC 4): ``n / n_times`` prior samples moved along the current velocity
+    with one RK4 step of :math:`dt = 1/(n_{times} - 1)` between consecutive time points; the
+    points at all ``n_times`` times form the batch (detached). Their code: 256 samples, 51 times."""
+
+    def __init__(
+        self,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        n_times: int = 51,
+    ) -> None:
+        super().__init__(generator, dtype, device)
+        if n_times < 2:
+            raise ValueError(f"n_times must be >= 2, got {n_times}")
+        self.n_times = int(n_times)
+
+    @torch.no_grad()
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        if self.residual is None:
+            raise RuntimeError("TrajectorySampler needs bind(residual) before sampling")
+        dyn = self.residual.dynamics()
+        n_paths = max(1, n // self.n_times)
+        x0 = dyn.prior.sample(n_paths, self.generator).to(self.device, self.dtype)
+        times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)
+        states = odeint(_batched_drift(dyn), x0, times, method="rk4")
+        t = times[:, None].expand(states.shape[:2])
+        keep = torch.isfinite(states).all(-1)
+        return states[keep].detach(), t[keep].detach()
+
+
+def make_collocation(
+    kind: str,
+    residual: Residual,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    prior_box_width: float = 5.0,
+    **options,
+) -> CollocationSampler:
+    """Build the sampler ``kind`` (``"default"``: the residual's own choice) for ``residual``.
+
+    ``box`` and ``trajectory_cache`` use the target's box and a prior box of
+    :math:`\\pm` ``prior_box_width`` prior standard deviations; ``options`` go to the sampler.
+    """
+    if kind == "default":
+        kind = residual.default_collocation
+    kinds = ("box", "trajectory_cache", "ou", "trajectory")
+    if kind not in kinds:
+        raise ValueError(f"unknown collocation {kind!r}; available: default, {', '.join(kinds)}")
+    target = residual.target
+    if kind == "ou":
+        sampler: CollocationSampler = OUSampler(target.box, generator, dtype, device, **options)
+    elif kind == "trajectory":
+        sampler = TrajectorySampler(generator, dtype, device, **options)
+    else:
+        dyn = residual.dynamics()
+        prior_std = dyn.prior.stddevs * prior_box_width
+        prior_box = (dyn.prior.mean - prior_std, dyn.prior.mean + prior_std)
+        box = BoxSampler(
+            prior_box, target.box, residual.T, generator, dtype, device, dyn.t0 > dyn.t1
+        )
+        sampler = box if kind == "box" else TrajectoryCache(box, **options)
+    sampler.bind(residual)
+    return sampler

@@ -1,0 +1,574 @@
+"""Sampling from a :class:`~pdesampler.losses.base.Dynamics`, with exact log-likelihoods.
+
+Everything here follows SPEC section 3 (Sun et al., Appendix B.2):
+
+* **ODE** (:func:`sample_ode`). Draw :math:`X_{t_0} \\sim p_{prior}` and integrate, from
+  :math:`t_0` to :math:`t_1`, the probability-flow ODE together with the instantaneous
+  change of variables [S64]
+
+  .. math::
+      \\frac{dX_t}{dt} = \\mu_{ODE}(X_t, t), \\qquad
+      \\frac{d}{dt} \\log p(X_t, t) = -\\nabla\\cdot\\mu_{ODE}(X_t, t),
+
+  started from :math:`\\log p(X_{t_0}, t_0) = \\log p_{prior}(X_{t_0})`. Then
+  :math:`\\log q(X_{t_1}) = \\log p_{prior}(X_{t_0}) - \\int_{t_0}^{t_1}
+  \\nabla\\cdot\\mu_{ODE}(X_t, t)\\,dt`. ``t1 < t0`` integrates backwards in time (the
+  gradient-flow interpolation, SPEC section 4.3); the formula is the same.
+* **SDE** (:func:`sample_sde`). Euler-Maruyama for :math:`dX = \\mu\\,dt + \\sigma(t)\\,dW`
+  [S2]. Its samples have no tractable density; likelihoods come from the probability-flow ODE
+  :math:`\\mu_{ODE} = \\mu - \\tfrac12 \\sigma\\sigma^\\top\\nabla V` [S66], which has the same
+  marginals (``Dynamics.flow_drift``).
+* **Likelihood of given points** (:func:`log_density`). Integrate the same augmented ODE from
+  :math:`t_1` back to :math:`t_0`; this gives the forward NLL on exact target samples.
+* :func:`sample` dispatches on ``Dynamics.stochastic`` and returns both the samples and the
+  flow likelihoods (:class:`SamplingOutput`).
+
+Solvers are torchdiffeq's: ``"rk4"`` is its fixed-grid ``RK4`` class, whose step is
+``rk4_alt_step_func`` in ``torchdiffeq/_impl/rk_common.py``, i.e. Kutta's 3/8 rule
+(:math:`k_2` at :math:`t + h/3`, :math:`k_3` at :math:`t + 2h/3`, weights
+:math:`(1, 3, 3, 1)/8`), the rule Sun et al. use; ``"euler"`` and ``"midpoint"`` are the other
+fixed-grid choices, and ``"dopri5"`` (and ``"dopri8"``, ``"bosh3"``) are adaptive with
+``rtol``/``atol``.
+
+Divergences are :func:`pdesampler.ops.vector_jet` of the pointwise drift, vmapped over the
+points, with the exact trace by default or a Hutchinson estimator for large ``d``. By default
+Hutchinson probes are drawn **once per ODE solve** (one probe set per trajectory, per batch) and
+held fixed for all drift evaluations, as in FFJORD: the augmented ODE is then a deterministic
+ODE for each trajectory. The trajectories never depend on the probes, and the log-density a
+fixed-step solver returns is linear in its per-stage trace estimates, so ``log_q`` is an
+*unbiased* estimate of the exact-trace solver's ``log_q`` (hence of the true one up to solver
+error); its variance is that of a single Hutchinson estimate of the time-integrated trace and
+does not shrink with more steps. With ``fresh_probes=True`` the probes are redrawn at every drift
+evaluation: still unbiased (each stage estimate is), with a variance that falls roughly like
+``1 / steps`` because the errors of the independent stages average out; this costs one probe
+draw per evaluation and is the better choice for evaluation in high ``d`` (log-weight noise
+lowers the ESS and biases the importance-sampling log Z). With an adaptive solver and a
+Hutchinson estimator the step-size control looks at ``x`` only, so that the step sequence is
+independent of the probes and the estimate stays unbiased in both modes.
+
+Conventions: all randomness comes from the CPU ``generator`` passed in (prior draws, Brownian
+increments, Hutchinson probes unless the estimator carries its own CPU generator); it is drawn on
+the CPU and then moved to ``device``. Work runs under :func:`torch.no_grad` in batches of
+``batch_size`` points, so no graph on module parameters is kept and memory stays bounded
+(``torch.func`` transforms inside still differentiate with respect to ``x``). The dtype and
+device are the explicit arguments, else those of ``module``'s first floating parameter or
+buffer, else float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+from torchdiffeq import odeint
+
+from pdesampler.losses.base import Dynamics, PointFn
+from pdesampler.ops import Exact, TraceEstimator, vector_jet
+from pdesampler.targets import Target
+
+__all__ = [
+    "ADAPTIVE_METHODS",
+    "FIXED_STEP_METHODS",
+    "SampleResult",
+    "SamplingOutput",
+    "log_density",
+    "resolve_dtype_device",
+    "sample",
+    "sample_ode",
+    "sample_sde",
+]
+
+FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
+DEFAULT_BATCH_SIZE = 4096
+
+State = tuple[Tensor, Tensor]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SampleResult:
+    """Samples of one process.
+
+    Attributes:
+        x: the samples :math:`X_{t_1}`, shape ``(n, d)``.
+        log_q: :math:`\\log q(X_{t_1})` from the change of variables [S64], shape ``(n,)``;
+            ``None`` for SDE samples.
+        x0: the prior draws :math:`X_{t_0}`, shape ``(n, d)``.
+        trajectory: ``n_saved`` evenly spaced states, shape ``(n_saved, n, d)``, or ``None``.
+        times: the times of ``trajectory``, shape ``(n_saved,)``, or ``None``.
+    """
+
+    x: Tensor
+    log_q: Tensor | None
+    x0: Tensor
+    trajectory: Tensor | None = None
+    times: Tensor | None = None
+
+
+@dataclass
+class SamplingOutput:
+    """What evaluation needs from a model's dynamics (see :func:`sample`).
+
+    Which metric uses which field:
+
+    * ``samples``: sample-quality metrics, i.e. Sinkhorn W2, energy distance, Delta std and the
+      cross-entropy :math:`-\\mathrm{mean}\\log p_{target}(x)` (SDE samples for an SDE).
+    * ``flow_samples`` and ``flow_log_q``: everything that needs :math:`\\log q`, i.e. the
+      log-weights :math:`\\log w = \\log\\rho(x) - \\log q(x)` (:meth:`log_weights`), hence
+      Delta log Z, the log Z lower bound and its importance-sampling version, and ESS.
+    * The forward NLL uses neither: it is :func:`log_density` on exact target samples.
+
+    For an ODE the two sets coincide (``flow_samples is samples``).
+
+    Attributes:
+        samples: the model's samples at ``t1``, ``(n, d)``.
+        flow_samples: samples of the probability-flow ODE, ``(n, d)``.
+        flow_log_q: their log-density under the model, ``(n,)``.
+        stochastic: whether ``samples`` came from the SDE.
+        trajectory: ``(n_saved, n, d)`` states of the process that made ``samples``, or ``None``.
+        times: the times of ``trajectory``, or ``None``.
+    """
+
+    samples: Tensor
+    flow_samples: Tensor
+    flow_log_q: Tensor
+    stochastic: bool
+    trajectory: Tensor | None = None
+    times: Tensor | None = None
+
+    def log_weights(self, target: Target) -> Tensor:
+        """:math:`\\log w = \\log\\rho(x) - \\log q(x)` on the flow samples (SPEC section 3)."""
+        return target.log_prob(self.flow_samples) - self.flow_log_q
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_dtype_device(
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    module: nn.Module | None = None,
+    *,
+    default_dtype: torch.dtype = torch.float32,
+    default_device: torch.device | str = "cpu",
+) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device to sample in: explicit arguments first, then the first floating
+    parameter or buffer of ``module``, then the defaults (float32 on the CPU)."""
+    if module is not None and (dtype is None or device is None):
+        tensors = [*module.parameters(), *module.buffers()]
+        ref = next((p for p in tensors if p.is_floating_point()), None)
+        if ref is not None:
+            dtype = dtype or ref.dtype
+            device = device or ref.device
+    return dtype or default_dtype, torch.device(device or default_device)
+
+
+def _batches(n: int, batch_size: int | None) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` of at most ``batch_size`` (``None``: one slice)."""
+    size = n if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _draw_prior(prior: Target, n: int, generator: torch.Generator, dtype, device) -> Tensor:
+    """``n`` prior draws, made on the CPU with ``generator`` and then moved."""
+    return prior.sample(n, generator=generator).to(dtype=dtype, device=device)
+
+
+def _prior_log_prob(prior: Target, x: Tensor) -> Tensor:
+    """The normalized :math:`\\log p_{prior}(x)`: ``log_prob`` minus ``log_Z`` when it is known
+    (a Target's ``log_prob`` is :math:`\\log\\rho`); otherwise ``log_prob`` as given."""
+    log_z = getattr(prior, "log_Z", None)
+    return prior.log_prob(x) - (log_z or 0.0)
+
+
+def _with_generator(estimator: TraceEstimator, generator: torch.Generator | None) -> TraceEstimator:
+    """The estimator, drawing from ``generator`` if it is random and carries none of its own."""
+    owns_none = getattr(estimator, "generator", False) is None
+    if generator is not None and owns_none and dataclasses.is_dataclass(estimator):
+        return dataclasses.replace(estimator, generator=generator)
+    return estimator
+
+
+def _draw_probes(estimator: TraceEstimator, n: int, d: int, dtype, device) -> Tensor:
+    """One fixed probe set for a batch: ``(n, k, d)`` per point, or a shared ``(k, d)``.
+    Drawn on the CPU (generators are CPU generators), then moved."""
+    cpu = torch.device("cpu")
+    return estimator.probes(n, d, dtype=dtype, device=cpu).to(device)
+
+
+def _probe_source(
+    estimator: TraceEstimator, fresh: bool, n: int, d: int, dtype, device
+) -> Callable[[], Tensor]:
+    """The probes of each drift evaluation in one solve: one draw reused throughout, or (with
+    ``fresh`` and a random estimator) a new draw every time."""
+    if fresh and not isinstance(estimator, Exact):
+        return lambda: _draw_probes(estimator, n, d, dtype, device)
+    fixed = _draw_probes(estimator, n, d, dtype, device)
+    return lambda: fixed
+
+
+def _check_method(method: str) -> None:
+    if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(
+            f"unknown ODE method {method!r}; choose one of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}"
+        )
+
+
+def _check_count(n: int) -> None:
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+
+
+def _save_indices(steps: int, n_saved: int) -> list[int]:
+    """Grid indices of ``n_saved`` evenly spaced states on a grid of ``steps`` steps (the last
+    state when ``n_saved == 1``)."""
+    if n_saved < 0:
+        raise ValueError(f"n_saved must be >= 0, got {n_saved}")
+    if n_saved > steps + 1:
+        raise ValueError(f"n_saved={n_saved} exceeds the {steps + 1} grid points")
+    if n_saved == 0:
+        return []
+    if n_saved == 1:
+        return [steps]
+    return torch.linspace(0, steps, n_saved).round().long().tolist()
+
+
+def _augmented_field(
+    flow_drift: PointFn, estimator: TraceEstimator, probes: Callable[[], Tensor]
+) -> Callable[[Tensor, State], State]:
+    """The right-hand side :math:`(t, (x, \\ell)) \\mapsto (\\mu_{ODE}(x, t),
+    -\\nabla\\cdot\\mu_{ODE}(x, t))` of the augmented ODE [S64] for one batch; ``probes()``
+    gives the trace probes of each evaluation (the same tensor each time for fixed probes)."""
+    jet = vector_jet(flow_drift, estimator)
+
+    def field(t: Tensor, state: State) -> State:
+        x, v = state[0], probes()
+        out = vmap(jet, in_dims=(0, 0, 0 if v.dim() == 3 else None))(x, t.expand(x.shape[0]), v)
+        return out.value, -out.div
+
+    return field
+
+
+def _x_only_norm(state: State) -> Tensor:
+    """RMS norm of the ``x`` part alone, for adaptive step control independent of the probes."""
+    return state[0].pow(2).mean().sqrt()
+
+
+def _solve_augmented(
+    dynamics: Dynamics,
+    x_start: Tensor,
+    ell_start: Tensor,
+    t_start: float,
+    t_end: float,
+    *,
+    estimator: TraceEstimator,
+    method: str,
+    steps: int,
+    rtol: float,
+    atol: float,
+    save_indices: list[int],
+    fresh_probes: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Integrate :math:`(x, \\ell)` from ``t_start`` to ``t_end`` for one batch.
+
+    Fixed-step methods use the grid ``linspace(t_start, t_end, steps + 1)``; adaptive ones
+    choose their own steps. Returns the final ``x`` and ``ell``, the saved states of ``x``
+    (``(len(save_indices), b, d)``) and their times.
+    """
+    dtype, device = x_start.dtype, x_start.device
+    grid = torch.linspace(t_start, t_end, steps + 1, dtype=dtype, device=device)
+    out_idx = sorted({0, steps, *save_indices})
+    t_eval = grid[out_idx]
+    b, d = x_start.shape
+    probes = _probe_source(estimator, fresh_probes, b, d, dtype, device)
+    options: dict = {}
+    if method in FIXED_STEP_METHODS:
+        options["grid_constructor"] = lambda func, y0, t: grid
+    elif not isinstance(estimator, Exact):
+        options["norm"] = _x_only_norm
+    xs, ells = odeint(
+        _augmented_field(dynamics.flow_drift, estimator, probes),
+        (x_start, ell_start),
+        t_eval,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+    )
+    pos = [out_idx.index(i) for i in save_indices]
+    return xs[-1], ells[-1], xs[pos], t_eval[pos]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+@torch.no_grad()
+def sample_ode(
+    dynamics: Dynamics,
+    n: int,
+    *,
+    generator: torch.Generator,
+    method: str = "rk4",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    estimator: TraceEstimator | None = None,
+    fresh_probes: bool = False,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    module: nn.Module | None = None,
+    n_saved: int = 0,
+) -> SampleResult:
+    """Samples and log-densities of the probability-flow ODE (SPEC section 3, [S64]).
+
+    Draws :math:`X_{t_0} \\sim p_{prior}` and integrates from ``t0`` to ``t1``
+
+    .. math::
+        \\frac{d}{dt}\\begin{pmatrix} X_t \\\\ \\ell_t \\end{pmatrix} =
+        \\begin{pmatrix} \\mu_{ODE}(X_t, t) \\\\ -\\nabla\\cdot\\mu_{ODE}(X_t, t) \\end{pmatrix},
+        \\qquad \\ell_{t_0} = \\log p_{prior}(X_{t_0}),
+
+    so that :math:`\\ell_{t_1} = \\log q(X_{t_1})`. ``dynamics.flow_drift`` is used (it equals
+    ``drift`` for an ODE; for an SDE it is the probability-flow drift [S66]).
+
+    Args:
+        dynamics: the drift, prior and time span.
+        n: the number of samples.
+        generator: CPU generator for the prior draws (and Hutchinson probes, unless the
+            estimator has its own generator).
+        method: ``"rk4"`` (torchdiffeq's 3/8-rule RK4), ``"euler"``, ``"midpoint"`` on a fixed
+            grid of ``steps`` steps, or an adaptive ``"dopri5"`` (``"dopri8"``, ``"bosh3"``).
+        steps: grid steps for fixed-step methods (and the grid ``n_saved`` snaps to).
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
+        estimator: trace estimator for the divergence; exact by default.
+        fresh_probes: redraw Hutchinson probes at every evaluation of the drift instead of once
+            per batch (per trajectory); see the module docstring.
+        batch_size: points per ODE solve (``None``: all at once).
+        dtype: the dtype to integrate in (default: ``module``'s, else float32).
+        device: the device to integrate on (default: ``module``'s, else CPU).
+        module: a module whose parameters fix the default dtype and device.
+        n_saved: the number of evenly spaced states to return for plots (on the fixed grid).
+
+    Returns:
+        A :class:`SampleResult` with ``x``, ``log_q``, ``x0`` and, when ``n_saved > 0``,
+        ``trajectory`` of shape ``(n_saved, n, d)`` and ``times``.
+    """
+    _check_method(method)
+    _check_count(n)
+    dtype, device = resolve_dtype_device(dtype, device, module)
+    estimator = _with_generator(estimator or Exact(), generator)
+    save_indices = _save_indices(steps, n_saved)
+    x0 = _draw_prior(dynamics.prior, n, generator, dtype, device)
+    xs, log_qs, trajs, times = [], [], [], None
+    for sl in _batches(n, batch_size):
+        x, ell, traj, times = _solve_augmented(
+            dynamics,
+            x0[sl],
+            _prior_log_prob(dynamics.prior, x0[sl]),
+            dynamics.t0,
+            dynamics.t1,
+            estimator=estimator,
+            method=method,
+            steps=steps,
+            rtol=rtol,
+            atol=atol,
+            save_indices=save_indices,
+            fresh_probes=fresh_probes,
+        )
+        xs.append(x)
+        log_qs.append(ell)
+        trajs.append(traj)
+    trajectory = torch.cat(trajs, dim=1) if save_indices else None
+    return SampleResult(
+        torch.cat(xs), torch.cat(log_qs), x0, trajectory, times if save_indices else None
+    )
+
+
+@torch.no_grad()
+def log_density(
+    dynamics: Dynamics,
+    x: Tensor,
+    *,
+    method: str = "rk4",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    estimator: TraceEstimator | None = None,
+    fresh_probes: bool = False,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    module: nn.Module | None = None,
+) -> Tensor:
+    """The model's :math:`\\log q(x)` at time ``t1`` for given points (the forward NLL).
+
+    Integrates the augmented ODE of :func:`sample_ode` backwards, from :math:`t_1` (with
+    :math:`X_{t_1} = x`, :math:`\\ell_{t_1} = 0`) to :math:`t_0`, so that
+    :math:`\\ell_{t_0} = -\\int_{t_1}^{t_0}\\nabla\\cdot\\mu_{ODE}\\,dt =
+    \\int_{t_0}^{t_1}\\nabla\\cdot\\mu_{ODE}(X_t, t)\\,dt`, and returns
+
+    .. math:: \\log q(x) = \\log p_{prior}(X_{t_0}) - \\int_{t_0}^{t_1}
+        \\nabla\\cdot\\mu_{ODE}(X_t, t)\\,dt.
+
+    Args:
+        dynamics: the drift, prior and time span (``flow_drift`` is integrated).
+        x: the points, shape ``(n, d)``.
+        method: as in :func:`sample_ode`.
+        steps: as in :func:`sample_ode`.
+        rtol: as in :func:`sample_ode`.
+        atol: as in :func:`sample_ode`.
+        estimator: trace estimator (exact by default).
+        fresh_probes: as in :func:`sample_ode`.
+        batch_size: points per ODE solve (``None``: all at once).
+        generator: CPU generator for Hutchinson probes (unused by the exact estimator).
+        dtype: the dtype to integrate in (default: ``module``'s, else ``x``'s).
+        device: the device (default: ``module``'s, else ``x``'s).
+        module: a module whose parameters fix the default dtype and device.
+
+    Returns:
+        :math:`\\log q(x)`, shape ``(n,)``.
+    """
+    _check_method(method)
+    dtype, device = resolve_dtype_device(
+        dtype, device, module, default_dtype=x.dtype, default_device=x.device
+    )
+    estimator = _with_generator(estimator or Exact(), generator)
+    x = x.to(dtype=dtype, device=device)
+    out = []
+    for sl in _batches(x.shape[0], batch_size):
+        x_start = x[sl]
+        x0, integral, _, _ = _solve_augmented(
+            dynamics,
+            x_start,
+            torch.zeros(x_start.shape[0], dtype=dtype, device=device),
+            dynamics.t1,
+            dynamics.t0,
+            estimator=estimator,
+            method=method,
+            steps=steps,
+            rtol=rtol,
+            atol=atol,
+            save_indices=[],
+            fresh_probes=fresh_probes,
+        )
+        out.append(_prior_log_prob(dynamics.prior, x0) - integral)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sample_sde(
+    dynamics: Dynamics,
+    n: int,
+    *,
+    generator: torch.Generator,
+    steps: int = 1000,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    module: nn.Module | None = None,
+    n_saved: int = 0,
+) -> SampleResult:
+    """Euler-Maruyama samples of :math:`dX = \\mu(X, t)\\,dt + \\sigma(t)\\,dW` [S2].
+
+    On the grid :math:`t_k = t_0 + k\\,\\Delta t`, :math:`\\Delta t = (t_1 - t_0)/K`,
+
+    .. math:: X_{k+1} = X_k + \\mu(X_k, t_k)\\,\\Delta t
+        + \\sigma(t_k)\\sqrt{|\\Delta t|}\\,\\xi_k, \\qquad \\xi_k \\sim \\mathcal{N}(0, I),
+
+    which also covers decreasing time (:math:`\\Delta t < 0`). Noise is drawn for all ``n``
+    points at each step from ``generator`` on the CPU, so the result does not depend on
+    ``batch_size``; only the drift evaluations are batched.
+
+    Args:
+        dynamics: the drift, diffusion, prior and time span.
+        n: the number of samples.
+        generator: CPU generator for the prior draws and the Brownian increments.
+        steps: the number ``K`` of steps (the scheme is weak order 1, bias O(dt)).
+        batch_size: points per drift evaluation (``None``: all at once).
+        dtype: the dtype (default: ``module``'s, else float32).
+        device: the device (default: ``module``'s, else CPU).
+        module: a module whose parameters fix the default dtype and device.
+        n_saved: the number of evenly spaced states to return for plots.
+
+    Returns:
+        A :class:`SampleResult` with ``log_q=None``.
+    """
+    _check_count(n)
+    dtype, device = resolve_dtype_device(dtype, device, module)
+    save_indices = _save_indices(steps, n_saved)
+    grid = torch.linspace(dynamics.t0, dynamics.t1, steps + 1, dtype=dtype, device=device)
+    x0 = _draw_prior(dynamics.prior, n, generator, dtype, device)
+    drift = vmap(dynamics.drift)
+    x, saved = x0.clone(), [x0.clone()] if 0 in save_indices else []
+    for k in range(steps):
+        t, dt = grid[k], grid[k + 1] - grid[k]
+        noise = torch.randn(n, x.shape[1], generator=generator, dtype=dtype).to(device)
+        scale = dynamics.diffusion(t) * dt.abs().sqrt()
+        for sl in _batches(n, batch_size):
+            x_b = x[sl]
+            x[sl] = x_b + drift(x_b, t.expand(x_b.shape[0])) * dt + scale * noise[sl]
+        if k + 1 in save_indices:
+            saved.append(x.clone())
+    if not save_indices:
+        return SampleResult(x, None, x0)
+    return SampleResult(x, None, x0, torch.stack(saved), grid[save_indices])
+
+
+def sample(
+    dynamics: Dynamics,
+    n: int,
+    *,
+    generator: torch.Generator,
+    method: str = "rk4",
+    steps: int = 100,
+    sde_steps: int = 1000,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    estimator: TraceEstimator | None = None,
+    fresh_probes: bool = False,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    module: nn.Module | None = None,
+    n_saved: int = 0,
+) -> SamplingOutput:
+    """Samples and likelihoods for evaluation, by the kind of dynamics (SPEC section 3).
+
+    * ODE (``dynamics.stochastic`` false): one :func:`sample_ode` run gives both the samples
+      and their :math:`\\log q`.
+    * SDE: :func:`sample_sde` (``sde_steps`` Euler-Maruyama steps) gives ``samples``; a separate
+      :func:`sample_ode` run of the probability-flow drift [S66] gives ``flow_samples`` and
+      ``flow_log_q``. Both draw from ``generator`` in turn (SDE first), so they are independent.
+
+    See :class:`SamplingOutput` for which metric uses which field. The arguments are those of
+    :func:`sample_ode` and :func:`sample_sde`; ``n_saved`` states are kept of the process that
+    makes ``samples``.
+    """
+    common = dict(batch_size=batch_size, dtype=dtype, device=device, module=module)
+    ode = dict(
+        method=method,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        estimator=estimator,
+        fresh_probes=fresh_probes,
+    )
+    if not dynamics.stochastic:
+        res = sample_ode(dynamics, n, generator=generator, n_saved=n_saved, **ode, **common)
+        return SamplingOutput(res.x, res.x, res.log_q, False, res.trajectory, res.times)
+    sde = sample_sde(dynamics, n, generator=generator, steps=sde_steps, n_saved=n_saved, **common)
+    flow = sample_ode(dynamics, n, generator=generator, **ode, **common)
+    return SamplingOutput(sde.x, flow.x, flow.log_q, True, sde.trajectory, sde.times)
