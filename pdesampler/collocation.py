@@ -130,7 +130,12 @@ class TrajectoryCache(CollocationSampler):
         if not 0 <= fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         self.base, self.fraction = base, float(fraction)
-        self.n_trajectories, self.n_times, self.every, self.start = n_trajectories, n_times, every, start
+        self.n_trajectories, self.n_times, self.every, self.start = (
+            n_trajectories,
+            n_times,
+            every,
+            start,
+        )
         self.cache: tuple[Tensor, Tensor] | None = None
 
     def update(self, step: int) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from torch import Tensor
 
 __all__ = ["plot_marginal_grid", "plot_marginals", "plot_metric_summary", "plot_trajectories"]
 
@@ -83,7 +83,11 @@ def plot_trajectories(
 
 
 def plot_marginal_grid(
-    samples: Mapping[str, Tensor], exact: Tensor | None, path: str | Path, dim: int = 0, title: str = ""
+    samples: Mapping[str, Tensor],
+    exact: Tensor | None,
+    path: str | Path,
+    dim: int = 0,
+    title: str = "",
 ) -> Path:
     """One panel per loss: the marginal of coordinate ``dim`` over the exact one."""
     names = list(samples)
@@ -106,7 +110,9 @@ def plot_metric_summary(
     """Bar charts of each metric across the runs (one group per problem)."""
     problems = sorted({r["problem"] for r in rows})
     fig, axes = plt.subplots(
-        len(metrics), len(problems), figsize=(3.6 * len(problems), 2.4 * len(metrics)),
+        len(metrics),
+        len(problems),
+        figsize=(3.6 * len(problems), 2.4 * len(metrics)),
         squeeze=False,
     )
     for j, problem in enumerate(problems):

@@ -1,0 +1,93 @@
+"""The published numbers our suites print beside their own (SPEC section 8)."""
+
+from __future__ import annotations
+
+__all__ = ["HIGHER_IS_BETTER", "PUBLISHED", "published_row"]
+
+_SUN_T2_COLUMNS = ("dlogZ", "w2", "ess", "dstd", "sec_per_it")
+_SUN_T2 = {
+    "GMM d=2": {
+        "logfp": (0.000, 0.020, 1.0000, 0.004, 0.011),
+        "logfp_anneal": (5.364, 0.172, 0.1031, 0.209, 0.062),
+        "score": (0.009, 0.020, 0.9818, 0.096, 0.013),
+        "sb": (0.002, 0.020, 0.9959, 0.050, 0.017),
+        "logce": (0.000, 0.020, 1.0000, 0.003, 0.008),
+        "logce_anneal": (4.227, 0.044, 0.1427, 0.753, 0.020),
+        "ot": (0.005, 0.057, 0.9932, 0.065, 0.080),
+    },
+    "MW 5/5/4": {
+        "logfp": (0.161, 0.123, 0.8167, 0.016, 0.017),
+        "logfp_anneal": (0.842, 0.257, 0.3464, 0.004, 0.014),
+        "score": (3.969, 0.427, 0.0124, 0.004, 0.026),
+        "sb": (7.855, 0.328, 0.0314, 0.045, 0.029),
+        "logce": (0.000, 0.118, 0.9993, 0.000, 0.008),
+        "logce_anneal": (0.025, 0.121, 0.9506, 0.005, 0.010),
+        "ot": (0.010, 0.120, 0.9862, 0.002, 0.020),
+    },
+    "MW 50/5/2": {
+        "logfp": (0.038, 6.820, 0.9511, 0.001, 0.050),
+        "logfp_anneal": (0.270, 6.899, 0.9171, 0.021, 0.067),
+        "score": (1.989, 6.803, 0.1065, 0.016, 0.053),
+        "sb": (189.71, 7.552, 0.0106, 0.051, 0.053),
+        "logce": (0.003, 6.815, 0.9937, 0.002, 0.023),
+        "logce_anneal": (1.759, 6.821, 0.2100, 0.017, 0.043),
+        "ot": (0.104, 6.824, 0.9027, 0.001, 0.043),
+    },
+}
+
+_SUN_T3_COLUMNS = ("loss", "dlogZ", "w2", "one_minus_ess", "dstd", "sec_per_it")
+_SUN_T3 = {
+    "GMM d=2": {
+        "adam": (4.62e-4, 3.73e-5, 2.03e-2, 3.15e-5, 3.16e-3, 0.007),
+        "adam_gn": (1.62e-4, 2.91e-6, 2.03e-2, 7.23e-6, 1.33e-3, 6.071),
+    },
+    "MW 5/5/4": {
+        "adam": (3.27e-3, 8.79e-5, 1.18e-1, 6.62e-4, 3.06e-4, 0.008),
+        "adam_gn": (2.57e-3, 2.15e-4, 1.18e-1, 1.56e-4, 1.32e-4, 7.486),
+    },
+}
+
+_CHEM_COLUMNS = ("ess", "nll", "energy_distance")
+_CHEM = {
+    "GMM-40": {
+        "linear": (0.183, 8.657, 0.247),
+        "learned": (0.605, 6.894, 0.058),
+        "gradflow": (0.992, 6.864, 0.0021),
+    },
+    "ManyWell-8": {
+        "linear": (0.985, 9.689, 0.278),
+        "learned": (0.999, 6.876, 9e-5),
+        "gradflow": (0.991, 6.989, 8e-4),
+    },
+}
+
+
+def _table(columns, rows) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        problem: {
+            method: dict(zip(columns, values, strict=True)) for method, values in methods.items()
+        }
+        for problem, methods in rows.items()
+    }
+
+
+PUBLISHED: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+    "sun_table2": _table(_SUN_T2_COLUMNS, _SUN_T2),
+    "sun_table3": _table(_SUN_T3_COLUMNS, _SUN_T3),
+    "chemseddine": _table(_CHEM_COLUMNS, _CHEM),
+}
+"""``PUBLISHED[table][problem][method][metric]``. Chemseddine et al.'s "NLL" column is the
+forward NLL on target samples; their learned GMM-40 row without the wider prior is used."""
+
+HIGHER_IS_BETTER = {"ess"}
+
+
+def published_row(table: str, problem: str, method: str) -> dict[str, float]:
+    """The published metrics of one row; a KeyError names what exists."""
+    try:
+        return PUBLISHED[table][problem][method]
+    except KeyError:
+        problems = {t: {p: list(m) for p, m in v.items()} for t, v in PUBLISHED.items()}
+        raise KeyError(
+            f"no published row {table}/{problem}/{method}; available: {problems}"
+        ) from None

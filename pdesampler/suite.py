@@ -1,0 +1,207 @@
+"""Suites: lists of runs, each an independent process, collected into one table beside the
+published numbers (SPEC section 8).
+
+A suite config (``configs/suite/<name>.yaml``) names its runs; each run is a list of Hydra
+overrides and optionally the published row it reproduces. Rerunning a suite skips runs whose
+``metrics.json`` is complete; an interrupted run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from pdesampler.plots import plot_marginal_grid, plot_metric_summary
+from pdesampler.published import published_row
+from pdesampler.runner import METRICS_FILE, is_complete, write_json
+
+__all__ = ["collect", "run_suite", "table_markdown"]
+
+RUN_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+TABLE_METRICS = (
+    "loss", "dlogZ", "w2", "w2_floor", "ess", "dstd", "energy_distance", "nll", "cross_entropy",
+    "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps", "gn_steps",
+    "train_seconds",
+)  # fmt: skip
+SUMMARY_METRICS = ("dlogZ", "w2", "ess", "dstd", "energy_distance", "nll")
+_MARK = {True: "better", False: "worse", None: ""}
+
+
+def _overrides(run: Mapping, suite: DictConfig, scale: str, base: Sequence[str]) -> list[str]:
+    """The run's command line: inherited, then the scale's, the suite's and its own overrides."""
+    scales = suite.get("scales") or {}
+    if scales and scale not in scales:
+        raise ValueError(f"unknown scale {scale!r}; available: {list(scales)}")
+    return [*base, *scales.get(scale, []), *suite.get("common", []), *run.overrides]
+
+
+def _launch(overrides: list[str], out_dir: Path, log: Path) -> int:
+    cmd = [sys.executable, str(RUN_SCRIPT), *overrides, f"out_dir={out_dir}", "suite=null"]
+    with log.open("a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run every selected run of ``cfg.suite`` that is not complete, then write the table.
+
+    ``base_overrides`` (seed, device, ...) are passed to every run. ``suite.select`` restricts
+    the runs (names, comma-separated); ``suite.max_runs`` stops after that many new runs.
+    """
+    suite = cfg.suite
+    root = Path(suite.results_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [run.name for run in suite.runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"suite {suite.name} has duplicate run names: {names}")
+    selected = _selection(suite.get("select"), names)
+    budget = suite.get("max_runs")
+    launched, failures = 0, []
+    bar = tqdm([r for r in suite.runs if r.name in selected], desc=f"suite {suite.name}")
+    for run in bar:
+        out = root / run.name
+        if is_complete(out):
+            continue
+        if budget is not None and launched >= budget:
+            break
+        bar.set_postfix(run=run.name)
+        out.mkdir(parents=True, exist_ok=True)
+        code = _launch(_overrides(run, suite, cfg.scale, base_overrides), out, out / "run.log")
+        launched += 1
+        if code != 0 or not is_complete(out):
+            failures.append(f"{run.name} (exit {code}, see {out / 'run.log'})")
+    rows = collect(suite, root)
+    write_outputs(suite, cfg.scale, root, rows)
+    if failures:
+        print(f"{len(failures)} run(s) failed: " + "; ".join(failures), file=sys.stderr)
+    return rows
+
+
+def _selection(select, names: list[str]) -> set[str]:
+    if select is None:
+        return set(names)
+    wanted = {s.strip() for s in str(select).split(",") if s.strip()}
+    unknown = wanted - set(names)
+    if unknown:
+        raise ValueError(f"unknown run(s) {sorted(unknown)} in suite.select; available: {names}")
+    return wanted
+
+
+def collect(suite: DictConfig, root: Path) -> list[dict[str, Any]]:
+    """One row per complete run: its metrics and, where known, the published ones."""
+    rows = []
+    for run in suite.runs:
+        path = root / run.name / METRICS_FILE
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        row = {"run": run.name, "problem": run.problem, "method": run.method}
+        row.update({k: metrics.get(k) for k in TABLE_METRICS})
+        if run.get("paper"):
+            paper = published_row(run.paper.table, run.paper.problem, run.paper.method)
+            row.update({f"paper_{k}": v for k, v in paper.items()})
+        rows.append(row)
+    return rows
+
+
+def _verdict(ours, paper, metric: str) -> bool | None:
+    if ours is None or paper is None:
+        return None
+    if metric == "ess":
+        return ours >= paper
+    if metric in ("sec_per_it",):
+        return ours <= paper
+    return abs(ours) <= abs(paper)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return f"{value:.2e}"
+
+
+def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """Rows grouped by problem, each metric as ``ours / paper (better|worse)``."""
+    header = ["problem", "method", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["problem"], row["method"]]
+        for m in metrics:
+            paper = row.get(f"paper_{m}")
+            cell = _fmt(row.get(m))
+            if paper is not None:
+                mark = _MARK[_verdict(row.get(m), paper, m)]
+                cell += f" / {_fmt(paper)}" + (f" ({mark})" if mark else "")
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str, Any]]) -> None:
+    """``results.csv``, ``results.json``, ``table.md`` and ``figures/``; prints the table."""
+    write_json(root / "results.json", rows)
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("paper_"), k))
+    with (root / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = list(suite.get("table_metrics", SUMMARY_METRICS))
+    table = table_markdown(rows, metrics)
+    hardware = _hardware()
+    intro = (
+        f"Suite `{suite.name}` (scale `{scale}`), {len(rows)} runs, "
+        f"{hardware}, {time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
+    )
+    (root / "table.md").write_text(f"{intro}\n\n{table}\n")
+    print(f"\n{intro}\n\n{table}\n")
+    if rows:
+        _suite_figures(suite, root, rows, metrics)
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], metrics) -> None:
+    figures = root / "figures"
+    plot_metric_summary(rows, metrics, figures / "summary.png", title=f"suite {suite.name}")
+    for problem in sorted({r["problem"] for r in rows}):
+        samples = {}
+        reference = None
+        for row in (r for r in rows if r["problem"] == problem):
+            path = root / row["run"] / "samples.pt"
+            if path.exists():
+                saved = torch.load(path, weights_only=True)
+                samples[row["method"]] = saved["samples"]
+                reference = saved.get("reference", reference)
+        if samples:
+            slug = "".join(c if c.isalnum() else "_" for c in problem)
+            plot_marginal_grid(samples, reference, figures / f"marginals_{slug}.png", title=problem)
+
+
+def load_suite(cfg: DictConfig) -> DictConfig:
+    """Validate the suite config's runs (each needs name, problem, method and overrides)."""
+    for run in cfg.suite.runs:
+        missing = [k for k in ("name", "problem", "method", "overrides") if k not in run]
+        if missing:
+            raise ValueError(
+                f"suite {cfg.suite.name} run {OmegaConf.to_container(run)} lacks {missing}"
+            )
+    return cfg

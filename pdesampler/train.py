@@ -1,0 +1,220 @@
+"""Training: an Adam phase, then an optional Gauss-Newton phase, on any Residual.
+
+Both phases see the residual only through its interface: Adam minimizes
+:meth:`Residual.loss` on collocation batches, and Gauss-Newton linearizes the stacked vector
+:meth:`Residual.forward` through ``torch.func.functional_call`` (per-point Jacobians when the
+residual is ``pointwise``). Checkpoints let an interrupted run resume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from pdesampler.collocation import CollocationSampler, make_collocation
+from pdesampler.losses.base import Residual
+from pdesampler.ops import Exact
+from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
+from pdesampler.optim.gauss_newton import GaussNewtonConfig, per_point_jacobian, run_gauss_newton
+
+__all__ = ["TrainResult", "collocation_loss", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """What training did: steps and seconds per phase, and the histories."""
+
+    adam: AdamResult
+    gn_history: list[dict[str, Any]] = field(default_factory=list)
+    gn_seconds: float = 0.0
+    final_loss: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.adam.seconds + self.gn_seconds
+
+    def summary(self) -> dict[str, Any]:
+        gn_steps = len(self.gn_history)
+        return {
+            "loss": self.final_loss,
+            "steps": self.adam.steps,
+            "gn_steps": gn_steps,
+            "train_seconds": self.seconds,
+            "adam_seconds": self.adam.seconds,
+            "gn_seconds": self.gn_seconds,
+            "sec_per_it": self.adam.seconds / max(self.adam.steps, 1),
+            "gn_sec_per_it": self.gn_seconds / gn_steps if gn_steps else None,
+            "nan_skipped": self.adam.skipped,
+        }
+
+
+def _config(cls, value):
+    """Build a config dataclass from a mapping, naming unknown keys in the error."""
+    if value is None or isinstance(value, cls):
+        return value
+    value = dict(value)
+    known = {f.name for f in fields(cls)}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**value)
+
+
+def _param_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    p = next(module.parameters())
+    return p.dtype, p.device
+
+
+def collocation_loss(residual: Residual, sampler: CollocationSampler, n: int) -> float:
+    """The loss on one fresh collocation batch (the 'loss' column of the results)."""
+    x, t = sampler(n)
+    loss, _ = residual.loss(x, t)
+    return float(loss.detach())
+
+
+def train(
+    residual: Residual,
+    *,
+    adam: AdamConfig | Mapping | None = None,
+    gn: GaussNewtonConfig | Mapping | None = None,
+    batch_size: int = 1024,
+    collocation: str | CollocationSampler = "default",
+    collocation_options: Mapping | None = None,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    gn_time_fraction: float = 0.5,
+    gn_batch_size: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``residual`` in place: Adam, then Gauss-Newton if ``gn`` is given.
+
+    Args:
+        residual: any :class:`Residual` (its parameters' dtype and device are used).
+        adam: :class:`AdamConfig` or a mapping of its fields (``steps=0`` skips Adam).
+        gn: :class:`GaussNewtonConfig` or a mapping of its fields (``None``: no GN phase).
+        batch_size: collocation points per Adam step.
+        collocation: a sampler, or a kind for :func:`make_collocation` (``"default"``: the
+            residual's own choice).
+        collocation_options: keyword arguments of :func:`make_collocation`.
+        seed: seeds the collocation stream.
+        max_seconds: wall-clock budget of the whole training; GN gets ``gn_time_fraction``.
+        gn_batch_size: collocation points per GN step (default ``batch_size``).
+        checkpoint_dir: where ``checkpoint.pt`` is written and resumed from.
+        progress: tqdm bars.
+    """
+    adam_cfg = _config(AdamConfig, adam) or AdamConfig()
+    gn_cfg = _config(GaussNewtonConfig, gn)
+    if max_seconds is not None:
+        share = gn_time_fraction if gn_cfg is not None else 0.0
+        adam_cfg.max_seconds = max_seconds * (1 - share)
+        if gn_cfg is not None:
+            gn_cfg.max_seconds = max_seconds * share
+    dtype, device = _param_dtype_device(residual)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = (
+        collocation
+        if isinstance(collocation, CollocationSampler)
+        else make_collocation(
+            collocation,
+            residual,
+            generator,
+            dtype=dtype,
+            device=device,
+            **dict(collocation_options or {}),
+        )
+    )
+    sampler.bind(residual)
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    state = torch.load(path, weights_only=False) if path is not None and path.exists() else None
+    if state is not None:
+        sampler.generator.set_state(state["extra"]["generator"])
+    if state is not None and state["extra"].get("phase") == "done":
+        residual.load_state_dict(state["model"])
+        extra_state = state["extra"]
+        return TrainResult(
+            AdamResult(**state["result"]),
+            extra_state["gn_history"],
+            extra_state["gn_seconds"],
+            extra_state["final_loss"],
+        )
+
+    def loss_fn(step: int):
+        sampler.update(step)
+        x, t = sampler(batch_size)
+        return residual.loss(x, t)
+
+    def extra(phase: str = "adam", **more) -> dict:
+        return {"generator": sampler.generator.get_state(), "phase": phase, **more}
+
+    residual.train()
+    adam_result = run_adam(
+        residual,
+        loss_fn,
+        adam_cfg,
+        checkpoint=path,
+        state=state,
+        progress=progress,
+        on_checkpoint=extra,
+    )
+    result = TrainResult(adam_result)
+    if gn_cfg is not None and gn_cfg.steps > 0:
+        start = time.perf_counter()
+        history = run_gauss_newton(
+            residual,
+            _gn_batches(residual, sampler, gn_batch_size or batch_size, gn_cfg),
+            gn_cfg,
+            progress=progress,
+        )
+        result.gn_seconds = time.perf_counter() - start
+        result.gn_history = [asdict(info) for info in history]
+    result.final_loss = collocation_loss(residual, sampler, batch_size)
+    if path is not None:
+        payload = {"model": residual.state_dict(), "result": asdict(result.adam)}
+        payload["extra"] = extra(
+            "done",
+            gn_history=result.gn_history,
+            gn_seconds=result.gn_seconds,
+            final_loss=result.final_loss,
+        )
+        torch.save(payload, path)
+    return result
+
+
+def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: GaussNewtonConfig):
+    """``step -> (residual_fn, point_jacobian_fn)`` on a fresh collocation batch per step.
+
+    GN needs a fixed function of the parameters per batch: with a Hutchinson estimator the
+    probe stream is rewound before every evaluation, and per-point Jacobians (random draws
+    inside vmap) are not offered, so GN uses CG.
+    """
+    work_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+    probe_stream = getattr(residual.estimator, "generator", None)
+
+    def make(step: int):
+        sampler.update(step)
+        x, t = sampler(n)
+        if work_dtype is not None:
+            x, t = x.to(work_dtype), t.to(work_dtype)
+        probe_state = probe_stream.get_state() if probe_stream is not None else None
+
+        def residual_fn(params):
+            if probe_state is not None:
+                probe_stream.set_state(probe_state)
+            return functional_call(residual, params, (x, t))
+
+        def jacobian_fn(params):
+            return per_point_jacobian(residual, params, x, t)
+
+        exact = isinstance(residual.estimator, Exact)
+        return residual_fn, (jacobian_fn if residual.pointwise and exact else None)
+
+    return make
