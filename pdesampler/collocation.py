@@ -16,6 +16,8 @@ current model get it through :meth:`CollocationSampler.bind` and refresh themsel
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 from torch.func import vmap
@@ -160,14 +162,14 @@ class TrajectoryCache(CollocationSampler):
     def _euler_maruyama(self, dyn: Dynamics, x: Tensor, times: Tensor) -> Tensor:
         drift = _batched_drift(dyn)
         states = [x]
-        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+        for t0, t1 in itertools.pairwise(times):
             dt = t1 - t0
             x = x + drift(t0, x) * dt + dyn.diffusion(t0) * dt.abs().sqrt() * self._randn(*x.shape)
             states.append(x)
         return torch.stack(states)
 
     def __call__(self, n: int) -> tuple[Tensor, Tensor]:
-        n_cached = int(round(self.fraction * n)) if self.cache is not None else 0
+        n_cached = round(self.fraction * n) if self.cache is not None else 0
         x, t = self.base(n - n_cached)
         if n_cached == 0:
             return x, t
