@@ -46,7 +46,7 @@ def _overrides(run: Mapping, suite: DictConfig, scale: str, base: Sequence[str])
 
 
 def _launch(overrides: list[str], out_dir: Path, log: Path) -> int:
-    cmd = [sys.executable, str(RUN_SCRIPT), *overrides, f"out_dir={out_dir}", "suite=null"]
+    cmd = [sys.executable, str(RUN_SCRIPT), *overrides, f"out_dir={out_dir}"]
     with log.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()

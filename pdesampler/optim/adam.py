@@ -146,11 +146,11 @@ def run_adam(
         result.steps += 1
         bar.update(1)
         if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
-            row = {"step": result.steps, "loss": float(loss), "lr": lr}
+            row = {"step": result.steps, "loss": float(loss.detach()), "lr": lr}
             row.update({k: float(v) for k, v in parts.items()})
             row["seconds"] = time.perf_counter() - start
             result.history.append(row)
-            bar.set_postfix(loss=f"{float(loss):.3e}", lr=f"{lr:.1e}")
+            bar.set_postfix(loss=f"{row['loss']:.3e}", lr=f"{lr:.1e}")
         if cfg.checkpoint_every and result.steps % cfg.checkpoint_every == 0:
             save()
     bar.close()
