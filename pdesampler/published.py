@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HIGHER_IS_BETTER", "PUBLISHED", "published_row"]
+__all__ = ["COLUMNS", "HIGHER_IS_BETTER", "PUBLISHED", "TITLES", "published_row"]
 
 _SUN_T2_COLUMNS = ("dlogZ", "w2", "ess", "dstd", "sec_per_it")
 _SUN_T2 = {
@@ -78,6 +78,17 @@ PUBLISHED: dict[str, dict[str, dict[str, dict[str, float]]]] = {
 }
 """``PUBLISHED[table][problem][method][metric]``. Chemseddine et al.'s "NLL" column is the
 forward NLL on target samples; their learned GMM-40 row without the wider prior is used."""
+
+COLUMNS = {
+    "sun_table2": _SUN_T2_COLUMNS,
+    "sun_table3": _SUN_T3_COLUMNS,
+    "chemseddine": (*_CHEM_COLUMNS, "cross_entropy"),
+}
+TITLES = {
+    "sun_table2": "Sun et al., Table 2",
+    "sun_table3": "Sun et al., Table 3 (logCE: Adam vs Adam then Gauss-Newton)",
+    "chemseddine": "Chemseddine et al., Tables 1 and 2",
+}
 
 HIGHER_IS_BETTER = {"ess"}
 

@@ -22,14 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pdesampler.plots import plot_marginal_grid, plot_metric_summary
-from pdesampler.published import published_row
+from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
 from pdesampler.runner import METRICS_FILE, is_complete, write_json
 
 __all__ = ["collect", "run_suite", "table_markdown"]
 
 RUN_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 TABLE_METRICS = (
-    "loss", "dlogZ", "w2", "w2_floor", "ess", "dstd", "energy_distance", "nll", "cross_entropy",
+    "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance", "nll",
+    "cross_entropy",
     "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps", "gn_steps",
     "train_seconds",
 )  # fmt: skip
@@ -38,11 +39,13 @@ _MARK = {True: "better", False: "worse", None: ""}
 
 
 def _overrides(run: Mapping, suite: DictConfig, scale: str, base: Sequence[str]) -> list[str]:
-    """The run's command line: inherited, then the scale's, the suite's and its own overrides."""
+    """The run's command line: inherited, then the scale's, the suite's and the run's own
+    overrides, and last the run's own overrides for this scale (``run.scales[scale]``)."""
     scales = suite.get("scales") or {}
     if scales and scale not in scales:
         raise ValueError(f"unknown scale {scale!r}; available: {list(scales)}")
-    return [*base, *scales.get(scale, []), *suite.get("common", []), *run.overrides]
+    own_scale = (run.get("scales") or {}).get(scale, [])
+    return [*base, *scales.get(scale, []), *suite.get("common", []), *run.overrides, *own_scale]
 
 
 def _launch(overrides: list[str], out_dir: Path, log: Path) -> int:
@@ -91,7 +94,8 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
 def _selection(select, names: list[str]) -> set[str]:
     if select is None:
         return set(names)
-    wanted = {s.strip() for s in str(select).split(",") if s.strip()}
+    items = [select] if isinstance(select, str) else list(select)
+    wanted = {s.strip() for item in items for s in str(item).split(",") if s.strip()}
     unknown = wanted - set(names)
     if unknown:
         raise ValueError(f"unknown run(s) {sorted(unknown)} in suite.select; available: {names}")
@@ -106,11 +110,11 @@ def collect(suite: DictConfig, root: Path) -> list[dict[str, Any]]:
         if not path.exists():
             continue
         metrics = json.loads(path.read_text())
-        row = {"run": run.name, "problem": run.problem, "method": run.method}
+        row = {"run": run.name, "problem": run.problem, "method": run.method, "table": "runs"}
         row.update({k: metrics.get(k) for k in TABLE_METRICS})
         if run.get("paper"):
             paper = published_row(run.paper.table, run.paper.problem, run.paper.method)
-            row.update({f"paper_{k}": v for k, v in paper.items()})
+            row.update({f"paper_{k}": v for k, v in paper.items()}, table=run.paper.table)
         rows.append(row)
     return rows
 
@@ -118,7 +122,7 @@ def collect(suite: DictConfig, root: Path) -> list[dict[str, Any]]:
 def _verdict(ours, paper, metric: str) -> bool | None:
     if ours is None or paper is None:
         return None
-    if metric == "ess":
+    if metric in HIGHER_IS_BETTER:
         return ours >= paper
     if metric in ("sec_per_it",):
         return ours <= paper
@@ -161,14 +165,19 @@ def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str
         writer.writeheader()
         writer.writerows(rows)
     metrics = list(suite.get("table_metrics", SUMMARY_METRICS))
-    table = table_markdown(rows, metrics)
-    hardware = _hardware()
+    sections = []
+    for table in dict.fromkeys(row["table"] for row in rows):
+        columns = list(COLUMNS.get(table, metrics))
+        title = TITLES.get(table, "Runs without a published counterpart")
+        group = [row for row in rows if row["table"] == table]
+        sections.append(f"### {title}\n\n{table_markdown(group, columns)}")
     intro = (
-        f"Suite `{suite.name}` (scale `{scale}`), {len(rows)} runs, "
-        f"{hardware}, {time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
+        f"Suite `{suite.name}` (scale `{scale}`), {len(rows)} runs, {_hardware()}, "
+        f"{time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
     )
-    (root / "table.md").write_text(f"{intro}\n\n{table}\n")
-    print(f"\n{intro}\n\n{table}\n")
+    text = intro + "\n\n" + "\n\n".join(sections) + "\n"
+    (root / "table.md").write_text(text)
+    print("\n" + text)
     if rows:
         _suite_figures(suite, root, rows, metrics)
 

@@ -1,0 +1,90 @@
+"""Shared helpers of the benchmark scripts: warm-up plus median timing, environment, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "add_common_args",
+    "environment",
+    "print_environment",
+    "resolve_device",
+    "time_call",
+    "write_results",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def add_common_args(parser: argparse.ArgumentParser, batch: int = 4096) -> None:
+    """``--device``, ``--batch``, ``--repeats``, ``--warmup``, ``--quick`` and ``--out``."""
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--batch", type=int, default=batch, help=f"points (default: {batch})")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke check only")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: results/)")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], Any], device: torch.device, *, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; the median and all times (s)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median": statistics.median(times), "times": times}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers depend on: torch version, device name, threads, machine."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name or platform.machine(),
+        "num_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def print_environment(env: dict[str, Any]) -> None:
+    print(
+        f"torch {env['torch']} | device {env['device']} ({env['device_name']}) | "
+        f"torch.get_num_threads() = {env['num_threads']}"
+    )
+
+
+def write_results(data: dict[str, Any], out: Path | None, default_name: str) -> Path:
+    """Write ``data`` as JSON to ``out`` (default ``results/<default_name>``); returns the path."""
+    path = out if out is not None else RESULTS_DIR / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
