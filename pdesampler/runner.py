@@ -182,7 +182,9 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         energy_batch=int(eval_cfg.energy_batch),
         nll=bool(eval_cfg.nll),
         n_nll=int(eval_cfg.n_nll),
-        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if eval_cfg.figures else 0,
+        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1)
+        if eval_cfg.figures
+        else 0,
     )
     metrics = {
         **report.metrics,

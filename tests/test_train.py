@@ -47,7 +47,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path) -> None:
     reference = small_residual()
     train(reference, adam={"steps": 20}, batch_size=64, seed=1, progress=False)
 
-    class Interrupt(Exception):
+    class InterruptError(Exception):
         pass
 
     residual = small_residual()
@@ -58,11 +58,11 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path) -> None:
     def flaky_loss(x, t):
         calls["n"] += 1
         if calls["n"] == 15:
-            raise Interrupt
+            raise InterruptError
         return original_loss(x, t)
 
     residual.loss = flaky_loss
-    with pytest.raises(Interrupt):
+    with pytest.raises(InterruptError):
         train(residual, adam=adam, batch_size=64, seed=1, checkpoint_dir=tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").exists()
     resumed = small_residual(seed=99)  # different init: everything must come from the checkpoint
@@ -108,7 +108,9 @@ def test_unknown_config_keys_are_named() -> None:
 
 
 def test_wall_clock_budget_stops_training() -> None:
-    out = train(small_residual(), adam={"steps": 10**6}, batch_size=32, max_seconds=1.0, progress=False)
+    out = train(
+        small_residual(), adam={"steps": 10**6}, batch_size=32, max_seconds=1.0, progress=False
+    )
     assert 0 < out.adam.steps < 10**6
     assert out.adam.seconds < 5.0
 
