@@ -107,7 +107,7 @@ def _batched_drift(dynamics: Dynamics):
     drift = vmap(dynamics.drift)
 
     def f(t: Tensor, x: Tensor) -> Tensor:
-        return drift(x, t.expand(x.shape[0]))
+        return drift(x, t.expand(x.shape[0]).contiguous())
 
     return f
 

@@ -253,7 +253,9 @@ def _augmented_field(
 
     def field(t: Tensor, state: State) -> State:
         x, v = state[0], probes()
-        out = vmap(jet, in_dims=(0, 0, 0 if v.dim() == 3 else None))(x, t.expand(x.shape[0]), v)
+        out = vmap(jet, in_dims=(0, 0, 0 if v.dim() == 3 else None))(
+            x, t.expand(x.shape[0]).contiguous(), v
+        )
         return out.value, -out.div
 
     return field
@@ -519,7 +521,7 @@ def sample_sde(
         scale = dynamics.diffusion(t) * dt.abs().sqrt()
         for sl in _batches(n, batch_size):
             x_b = x[sl]
-            x[sl] = x_b + drift(x_b, t.expand(x_b.shape[0])) * dt + scale * noise[sl]
+            x[sl] = x_b + drift(x_b, t.expand(x_b.shape[0]).contiguous()) * dt + scale * noise[sl]
         if k + 1 in save_indices:
             saved.append(x.clone())
     if not save_indices:

@@ -15,7 +15,7 @@ the entry's :meth:`~pdesampler.losses.base.Residual.dynamics` is known exactly:
 * **Moments of the pushforward**, without statistical error: the sample mean and std of the
   pushed points must equal the affine transform of the prior sample's own mean and std. Against
   the *target* moments the same holds up to the prior mismatch, which is of order ``a``
-  (bounded below from ``a`` alone), so a strong-noise variant makes it negligible.
+  (bounded from ``a`` alone), so a strong-noise variant makes it negligible.
 * **SDE** (Euler-Maruyama). With the exact solutions the drift is affine, ``mu = c + B x``, so
   the law of the Euler-Maruyama chain itself is Gaussian with a mean and covariance given by a
   recursion (:func:`euler_maruyama_law`). The sample must match that law within 5 standard
@@ -27,8 +27,8 @@ Two adaptations of the closed forms, neither touching the package:
 * The closed-form corrections :math:`\\varphi = (V - \\dots)/c(t)` are ``0/0`` where the
   parametrization's weight :math:`c(t)` vanishes (``t = 0`` or ``T``), and rk4 evaluates the
   drift at both ends. There :math:`c\\,\\varphi = 0` exactly, so :func:`exact_entry` evaluates
-  :math:`\\varphi` at a time clamped ``1e-6 T`` inside the interval, which leaves
-  :math:`c\\,\\varphi` exact at the ends and changes nothing inside.
+  :math:`\\varphi` at a time clamped ``1e-6 T`` away from each end where ``c`` vanishes, which
+  leaves :math:`c\\,\\varphi` exact there and changes nothing elsewhere.
 * The samplers pass ``t.expand(n)`` (a stride-0 view) through ``vmap``; the closed-form
   velocities take a forward-mode derivative in ``t``, which ``torch.func.jvp`` refuses on such
   a view. :func:`exact_entry` hands the drifts ``t.clone()``.
@@ -109,7 +109,10 @@ def exact_entry(name: str, d: int, **kw):
     density = residual.density
     if density.correction is not None:
         phi, T = density.correction, residual.T
-        density.correction = Fn(lambda x, t: phi(x, t.clamp(1e-6 * T, T - 1e-6 * T)))
+        weight_vanishes = [float(density.coefficients(scalar(s))[2]) == 0 for s in (0.0, T)]
+        lo = 1e-6 * T if weight_vanishes[0] else 0.0
+        hi = T - 1e-6 * T if weight_vanishes[1] else T
+        density.correction = Fn(lambda x, t: phi(x, t.clamp(lo, hi)))
     dyn = residual.dynamics()
     drift, flow = dyn.drift, dyn.flow_drift
     dyn = dataclasses.replace(
@@ -183,14 +186,18 @@ def test_catalogue_split_into_ode_and_sde():
 
 
 def _pointwise_cases():
-    cases = [(name, d) for name in NAMES for d in (1, 2)]
-    return [*cases, ("logce", 5), ("linear", 5)]
+    """Every entry in d = 1 and 2 with its defaults, except score in d = 2, which runs its
+    strong-noise variant (the linear VP schedule) instead: the constant-beta default needs 64
+    rk4 steps at ~0.15 s each on this CPU, and the variant covers the same code in d = 2."""
+    cases = [(name, d, False) for name in NAMES for d in (1, 2) if (name, d) != ("score", 2)]
+    extra = [("score", 2, True), ("gradflow", 2, True), ("logce", 5, False), ("linear", 5, False)]
+    return [*cases, *extra]
 
 
-@pytest.mark.parametrize(("name", "d"), _pointwise_cases())
-def test_ode_reproduces_exact_flow_map_and_log_density(name: str, d: int):
+@pytest.mark.parametrize(("name", "d", "strong"), _pointwise_cases())
+def test_ode_reproduces_exact_flow_map_and_log_density(name: str, d: int, strong: bool):
     """Every point follows the exact flow map, and log q is the exact change of variables."""
-    _, _, path, dyn, out = ode_run(name, d)
+    _, _, path, dyn, out = ode_run(name, d, strong)
     t0, t1 = scalar(dyn.t0), scalar(dyn.t1)
     assert out.x.dtype == F64
     exact = path.map(out.x0, dyn.t0, dyn.t1)
@@ -205,8 +212,8 @@ def test_ode_reproduces_exact_flow_map_and_log_density(name: str, d: int):
 @pytest.mark.parametrize("d", [1, 2])
 @pytest.mark.parametrize("name", ODE_NAMES)
 def test_ode_moments_match_exact_transform_of_the_prior_sample(name: str, d: int):
-    """The mean and std of 20k pushed points equal the exact affine transform of the prior
-    sample's own mean and std: deterministic, no statistical error."""
+    """The mean and std of the pushed points (20k; 4k for gradflow) equal the exact affine
+    transform of the prior sample's own mean and std: deterministic, no statistical error."""
     _, _, path, dyn, out = ode_run(name, d)
     assert out.x.shape[0] >= N_MOMENTS_GRADFLOW
     mean, std = pushed_moments(path, dyn, out.x0)
@@ -216,16 +223,19 @@ def test_ode_moments_match_exact_transform_of_the_prior_sample(name: str, d: int
 
 @pytest.mark.parametrize(
     ("name", "d", "strong"),
-    [(name, d, False) for name in ("gradflow", "score") for d in (1, 2)]
-    + [("gradflow", 2, True), ("score", 1, True)],
+    [
+        ("gradflow", 1, False),
+        ("gradflow", 2, False),
+        ("score", 1, False),
+        ("gradflow", 2, True),
+        ("score", 2, True),
+    ],
 )
 def test_ode_reaches_target_moments_up_to_the_prior_mismatch(name: str, d: int, strong: bool):
     """Against the *target* moments, the prior N(0, I) differs from the OU path's start by
     O(a), a = exp(-B/2): 6.6e-3 for the defaults (score: e^-5), 4.4e-5 in the strong-noise
     variants, which then reach the target's moments to 1e-4."""
-    residual, target, path, dyn, out = ode_run(name, d, strong)
-    if strong:  # the pointwise checks hold for the variant too
-        assert (out.x - path.map(out.x0, dyn.t0, dyn.t1)).abs().max() < ODE_TOL
+    residual, target, _, _, out = ode_run(name, d, strong)
     s = target.std.to(F64)
     ideal_mean, ideal_std = target.mean + s * out.x0.mean(0), s * out.x0.std(0)
     a = ou_decay(residual)
@@ -282,7 +292,7 @@ def test_sde_samples_reach_target_moments(name: str, d: int):
     That bias is Euler-Maruyama's weak error, first order in ``dt``: the chain's law at
     ``dt = 1/400`` is within ``5 dt`` of the target (score, the stiffest, has std bias
     ``3.8 dt``; the others under ``0.6 dt``), halving ``dt`` halves it, and the Richardson
-    extrapolation ``2 law(dt) - law(2 dt)`` lands on the target to ``1e-3`` (what remains is
+    extrapolation ``2 law(dt) - law(2 dt)`` lands on the target to ``5e-4`` (what remains is
     ``O(dt^2)`` and, for score, the ``e^{-5}`` prior mismatch). A wrong diffusion or drift
     scale would leave an error that does not shrink with ``dt``."""
     _, target, _, dyn = exact_entry(name, d)
@@ -300,7 +310,7 @@ def test_sde_samples_reach_target_moments(name: str, d: int):
     coarse_std_bias = law_errors(coarse, target)[1]
     assert 1.8 < coarse_std_bias / std_bias < 2.2, (coarse_std_bias, std_bias)
     extrapolated = (2 * law[0] - coarse[0], 2 * law[1] - coarse[1])
-    assert max(law_errors(extrapolated, target)) < 1e-3
+    assert max(law_errors(extrapolated, target)) < 5e-4
 
     # statistics: standard errors of the sample mean and std of a Gaussian sample
     se_mean = em_std / math.sqrt(N_SDE)

@@ -291,9 +291,11 @@ class ScoreDrift(Drift):
         beta = self.beta(t)
         return -beta / 2, -beta / 2
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, score_shift: Tensor | float = 0.0) -> Tensor:
+        """:math:`(A(t) + \text{score\_shift})\nabla V + B(t)\,x`; the shift
+        :math:`-\sigma^2/2` gives the probability-flow drift with one gradient of V."""
         A, B = self.coefficients(t)
-        return A * self.density.score(x, t) + B * x
+        return (A + score_shift) * self.density.score(x, t) + B * x
 
     def jet(self, x, t, probes, estimator, density) -> DriftJet:
         A, B = self.coefficients(t)

@@ -107,6 +107,8 @@ class TransportResidual(Residual):
 
     def flow_drift(self, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow drift [S66]: :math:`\\mu - \\tfrac12\\sigma^2\\nabla V`."""
+        if isinstance(self.drift, ScoreDrift):  # mu is linear in grad V: take the gradient once
+            return self.drift(x, t, score_shift=-0.5 * self.sigma_sq(t))
         return self.drift(x, t) - 0.5 * self.sigma_sq(t) * self.density.score(x, t)
 
     def dynamics(self) -> Dynamics:
