@@ -24,6 +24,30 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _silu_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sigmoid(y)
+    return y * s, s * (1 + y * (1 - s)), s * (1 - s) * (2 + y * (1 - 2 * s))
+
+
+def _tanh_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    h = torch.tanh(y)
+    d1 = 1 - h * h
+    return h, d1, -2 * h * d1
+
+
+def _softplus_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sigmoid(y)
+    return nn.functional.softplus(y), s, s * (1 - s)
+
+
+_DERIVATIVES = {
+    "silu": _silu_derivatives,
+    "tanh": _tanh_derivatives,
+    "softplus": _softplus_derivatives,
+}
+"""``y -> (act(y), act'(y), act''(y))`` for the activations the forward jet supports."""
+
+
 class FourierTimeFeatures(nn.Module):
     """:math:`t \\mapsto (t/T, \\sin(2\\pi k t/T), \\cos(2\\pi k t/T))_{k=1..K}`, fixed frequencies."""
 
@@ -40,6 +64,13 @@ class FourierTimeFeatures(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         angles = t[..., None] * self.freqs.to(t)
         return torch.cat([t[..., None] / self.T, angles.sin(), angles.cos()], dim=-1)
+
+    def time_derivative(self, t: Tensor) -> Tensor:
+        """:math:`\\tfrac{d}{dt}` of the features."""
+        freqs = self.freqs.to(t)
+        angles = t[..., None] * freqs
+        one = torch.ones_like(t)[..., None] / self.T
+        return torch.cat([one, freqs * angles.cos(), -freqs * angles.sin()], dim=-1)
 
 
 class _Trunk(nn.Module):
@@ -62,6 +93,7 @@ class _Trunk(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
         self.output = nn.Linear(width, out_dim)
         self.act = _activation(activation)
+        self.activation = activation
         self.residual = residual
         if zero_init:
             nn.init.zeros_(self.output.weight)
@@ -72,6 +104,36 @@ class _Trunk(nn.Module):
         for layer in self.hidden:
             h = h + self.act(layer(h)) if self.residual else self.act(layer(h))
         return self.output(h)
+
+    @property
+    def has_jet(self) -> bool:
+        return self.activation in _DERIVATIVES
+
+    def jet(self, z: Tensor, J: Tensor, n_lap: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward Taylor-mode propagation at one input ``z`` of shape ``(n_in,)``.
+
+        Carries the value, the Jacobian ``J`` (``(n_in, m)``: derivatives along ``m`` input
+        directions) and the Laplacian ``L`` along the first ``n_lap`` directions. A linear layer
+        maps :math:`(z, J, L) \\mapsto (Wz + b, WJ, WL)`; an activation :math:`\\sigma` maps
+        them to :math:`(\\sigma(y), \\sigma'(y) J, \\sigma'(y) L + \\sigma''(y)
+        \\sum_{i \\le n_{lap}} J_{:, i}^2)`. One pass, no nested autodiff: about half the
+        matrix work of forward-over-reverse for a Laplacian (``benchmarks/bench_ops.py``).
+        """
+        derivatives = _DERIVATIVES[self.activation]
+        L = torch.zeros_like(z)
+
+        def activate(layer: nn.Linear, z: Tensor, J: Tensor, L: Tensor):
+            y, Jy, Ly = layer(z), layer.weight @ J, layer.weight @ L
+            a, d1, d2 = derivatives(y)
+            curvature = (Jy[:, :n_lap] ** 2).sum(-1)
+            return a, d1[:, None] * Jy, d1 * Ly + d2 * curvature
+
+        z, J, L = activate(self.input, z, J, L)
+        for layer in self.hidden:
+            a, Ja, La = activate(layer, z, J, L)
+            z, J, L = (z + a, J + Ja, L + La) if self.residual else (a, Ja, La)
+        W = self.output.weight
+        return self.output(z), W @ J, W @ L
 
 
 class MLP(nn.Module):
@@ -107,6 +169,35 @@ class MLP(nn.Module):
         self.time_features = FourierTimeFeatures(time_features, T) if time_features > 0 else None
         t_dim = self.time_features.out_dim if self.time_features is not None else 1
         self.trunk = _Trunk(dim + t_dim, out_dim, width, depth, activation, residual, zero_init)
+
+    @property
+    def has_jet(self) -> bool:
+        """Whether :meth:`jet` supports this activation (silu, tanh, softplus)."""
+        return self.trunk.has_jet
+
+    def jet(self, x: Tensor, t: Tensor, laplacian: bool = True, time: bool = True):
+        """Value, :math:`\\partial_t`, Jacobian in ``x`` and Laplacian in ``x`` at one point, in
+        one forward Taylor-mode pass (:meth:`_Trunk.jet`).
+
+        Returns ``(value (o,), dt (o,) or None, jac (o, d), lap (o,) or None)`` for
+        ``o = out_dim``; ``time=False`` skips the time direction.
+        """
+        d, kw = self.dim, {"dtype": x.dtype, "device": x.device}
+        if self.time_features is not None:
+            feats, dfeats = self.time_features(t).to(x), self.time_features.time_derivative(t).to(x)
+        else:
+            feats, dfeats = t.to(x)[None], torch.ones(1, **kw)
+        z = torch.cat([x, feats])
+        J = torch.cat(  # d z / d(x, t): identity on x, the features' derivative on t
+            [
+                torch.cat([torch.eye(d, **kw), torch.zeros(d, 1, **kw)], 1),
+                torch.cat([torch.zeros(dfeats.shape[0], d, **kw), dfeats[:, None]], 1),
+            ]
+        )
+        if not time:
+            J = J[:, :d]
+        value, jac, lap = self.trunk.jet(z, J, d if laplacian else 0)
+        return value, (jac[:, d] if time else None), jac[:, :d], (lap if laplacian else None)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if x.shape[-1] != self.dim:

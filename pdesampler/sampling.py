@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torchdiffeq import odeint
 
-from pdesampler.losses.base import Dynamics, PointFn
+from pdesampler.losses.base import Dynamics
 from pdesampler.ops import Exact, TraceEstimator, vector_jet
 from pdesampler.targets import Target
 
@@ -244,12 +244,14 @@ def _save_indices(steps: int, n_saved: int) -> list[int]:
 
 
 def _augmented_field(
-    flow_drift: PointFn, estimator: TraceEstimator, probes: Callable[[], Tensor]
+    dynamics: Dynamics, estimator: TraceEstimator, probes: Callable[[], Tensor]
 ) -> Callable[[Tensor, State], State]:
     """The right-hand side :math:`(t, (x, \\ell)) \\mapsto (\\mu_{ODE}(x, t),
     -\\nabla\\cdot\\mu_{ODE}(x, t))` of the augmented ODE [S64] for one batch; ``probes()``
-    gives the trace probes of each evaluation (the same tensor each time for fixed probes)."""
-    jet = vector_jet(flow_drift, estimator)
+    gives the trace probes of each evaluation (the same tensor each time for fixed probes).
+    With exact traces the dynamics' own ``flow_jet`` is used when it has one."""
+    use_own = dynamics.flow_jet is not None and isinstance(estimator, Exact)
+    jet = dynamics.flow_jet if use_own else vector_jet(dynamics.flow_drift, estimator)
 
     def field(t: Tensor, state: State) -> State:
         x, v = state[0], probes()
@@ -299,7 +301,7 @@ def _solve_augmented(
     elif not isinstance(estimator, Exact):
         options["norm"] = _x_only_norm
     xs, ells = odeint(
-        _augmented_field(dynamics.flow_drift, estimator, probes),
+        _augmented_field(dynamics, estimator, probes),
         (x_start, ell_start),
         t_eval,
         method=method,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from pdesampler.ops import Exact, TraceEstimator, batch_probes
+from pdesampler.ops import Exact, TraceEstimator, VectorJet, batch_probes
 from pdesampler.targets import Target
 
 PointFn = Callable[[Tensor, Tensor], Tensor]
@@ -56,6 +56,9 @@ class Dynamics:
             log-density rate :math:`\\tfrac{d}{dt}\\log p(X_t) = -\\nabla\\cdot\\mu_{ODE}` [S64].
             Equal to ``drift`` for an ODE.
         stochastic: whether samples come from the SDE (``True``) or the ODE.
+        flow_jet: optional ``(x, t, probes) -> VectorJet`` of ``flow_drift`` with its exact
+            divergence, computed faster than generic autodiff (the samplers use it with exact
+            traces).
     """
 
     drift: PointFn
@@ -65,6 +68,7 @@ class Dynamics:
     diffusion: Callable[[Tensor], Tensor] = _zero_diffusion
     flow_drift: PointFn | None = None
     stochastic: bool = False
+    flow_jet: Callable[[Tensor, Tensor, Tensor], VectorJet] | None = None
 
     def __post_init__(self) -> None:
         if self.flow_drift is None:

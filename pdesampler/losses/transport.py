@@ -32,7 +32,7 @@ from pdesampler.losses.parts import (
     vp_reverse_diffusion,
 )
 from pdesampler.nets import MLP, TimeMLP
-from pdesampler.ops import TraceEstimator
+from pdesampler.ops import TraceEstimator, VectorJet
 from pdesampler.targets import Gaussian, Target
 
 __all__ = [
@@ -114,7 +114,9 @@ class TransportResidual(Residual):
     def dynamics(self) -> Dynamics:
         t0, t1 = self.t_span
         if self.diffusion is None:
-            return Dynamics(drift=self.drift, prior=self.prior, t0=t0, t1=t1)
+            return Dynamics(
+                drift=self.drift, prior=self.prior, t0=t0, t1=t1, flow_jet=self.flow_jet
+            )
         return Dynamics(
             drift=self.drift,
             prior=self.prior,
@@ -123,7 +125,20 @@ class TransportResidual(Residual):
             diffusion=self.diffusion,
             flow_drift=self.flow_drift,
             stochastic=True,
+            flow_jet=self.flow_jet,
         )
+
+    def flow_jet(self, x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
+        """The probability-flow drift and its divergence from the parts' jets:
+        :math:`\\nabla\\cdot(\\mu - \\tfrac12\\sigma^2\\nabla V) = \\nabla\\cdot\\mu
+        - \\tfrac12\\sigma^2\\Delta V`."""
+        sigma_sq = self.sigma_sq(t)
+        needs_V = sigma_sq is not None or self.drift.needs_density_laplacian
+        V = self.density.jet(x, t, probes, self.estimator, laplacian=True) if needs_V else None
+        mu = self.drift.jet(x, t, probes, self.estimator, V)
+        if sigma_sq is None:
+            return VectorJet(mu.value, mu.div)
+        return VectorJet(mu.value - 0.5 * sigma_sq * V.grad, mu.div - 0.5 * sigma_sq * V.lap)
 
     def log_z_estimate(self) -> float | None:
         return self.density.log_z_estimate()
