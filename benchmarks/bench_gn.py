@@ -120,7 +120,9 @@ def main() -> None:
     args = parser.parse_args()
 
     report = {"settings": vars(args), "device": "cpu", "threads": torch.get_num_threads()}
-    header = f"{'problem':10} {'arm':9} {'loss':>10} {'dlogZ':>10} {'1-ESS':>10} {'dstd':>9} {'W2':>8}"
+    header = (
+        f"{'problem':10} {'arm':9} {'loss':>10} {'dlogZ':>10} {'1-ESS':>10} {'dstd':>9} {'W2':>8}"
+    )
     lines = [header]
     for name in args.targets:
         arms = {"adam": run_arm(args, name, False), "adam_gn": run_arm(args, name, True)}
