@@ -265,8 +265,9 @@ def make_collocation(
         sampler = TrajectorySampler(generator, dtype, device, **options)
     else:
         dyn = residual.dynamics()
-        prior_std = dyn.prior.stddevs * prior_box_width
-        prior_box = (dyn.prior.mean - prior_std, dyn.prior.mean + prior_std)
+        center = dyn.prior.mean.detach().cpu().double()
+        half_width = torch.as_tensor(dyn.prior.stddevs).cpu().double() * prior_box_width
+        prior_box = (center - half_width, center + half_width)
         box = BoxSampler(
             prior_box, target.box, residual.T, generator, dtype, device, dyn.t0 > dyn.t1
         )

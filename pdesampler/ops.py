@@ -112,7 +112,8 @@ def time_derivative(f: PointFn) -> PointFn:
     """:math:`\\partial_t f(x, t)` of a scalar or vector field, by one forward-mode product."""
 
     def df_dt(x: Tensor, t: Tensor) -> Tensor:
-        return jvp(lambda s: f(x, s), (t,), (torch.ones_like(t),))[1]
+        value, rate = jvp(lambda s: f(x, s), (t,), (torch.ones_like(t),))
+        return rate.to(value.dtype)  # forward AD may promote the tangent of a 0-dim t
 
     return df_dt
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.evaluate import evaluate
 from pdesampler.losses.base import Residual
+from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.plots import plot_marginals, plot_trajectories
 from pdesampler.train import train
@@ -97,6 +98,7 @@ def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual
     """The target and the residual of a config, on ``device`` in ``dtype``."""
     torch.manual_seed(int(cfg.seed))
     target = instantiate(cfg.target)
+    validate_target(target)  # dim, box and log_prob; log_Z, stddevs and sample are optional
     check_target(target, _box_points(target, 1024, torch.Generator().manual_seed(int(cfg.seed))))
     chunk = cfg.chunk_size
     if chunk == "auto":

@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
+from pdesampler.losses.validate import validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
 from pdesampler.optim.gauss_newton import GaussNewtonConfig, per_point_jacobian, run_gauss_newton
@@ -94,6 +95,7 @@ def train(
     gn_batch_size: int | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    validate: bool = True,
 ) -> TrainResult:
     """Train ``residual`` in place: Adam, then Gauss-Newton if ``gn`` is given.
 
@@ -110,6 +112,9 @@ def train(
         gn_batch_size: collocation points per GN step (default ``batch_size``).
         checkpoint_dir: where ``checkpoint.pt`` is written and resumed from.
         progress: tqdm bars.
+        validate: first run the residual on a few points (:func:`validate_residual`), so that
+            a residual torch.func cannot transform, a wrong term shape or broken dynamics fail
+            at once with a clear message.
     """
     adam_cfg = _config(AdamConfig, adam) or AdamConfig()
     gn_cfg = _config(GaussNewtonConfig, gn)
@@ -118,6 +123,9 @@ def train(
         adam_cfg.max_seconds = max_seconds * (1 - share)
         if gn_cfg is not None:
             gn_cfg.max_seconds = max_seconds * share
+    if validate:
+        gn_product = gn_cfg.jacobian_product if gn_cfg is not None and gn_cfg.steps > 0 else None
+        validate_residual(residual, gauss_newton=gn_product)
     dtype, device = _param_dtype_device(residual)
     generator = torch.Generator().manual_seed(seed)
     sampler = (
@@ -209,7 +217,7 @@ def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: Ga
         def residual_fn(params):
             if probe_state is not None:
                 probe_stream.set_state(probe_state)
-            return functional_call(residual, params, (x, t))
+            return functional_call(residual, params, (x, t), tie_weights=False)
 
         def jacobian_fn(params):
             return per_point_jacobian(residual, params, x, t)

@@ -127,3 +127,24 @@ def test_gauss_newton_phase_runs_after_adam_and_does_not_increase_loss() -> None
     assert len(out.gn_history) == 3
     for step in out.gn_history:
         assert step["loss_after"] <= step["loss_before"]
+
+
+def test_gauss_newton_keeps_shared_parameters_trainable() -> None:
+    """score shares its density module with its drift; after GN every parameter is still an
+    nn.Parameter that Adam can train (torch's functional_call with tied weights would not)."""
+    from pdesampler.losses import score
+
+    torch.manual_seed(0)
+    residual = score(Gaussian(mean=0.5, std=0.8, dim=2), net=NET)
+    train(
+        residual,
+        adam={"steps": 5},
+        gn={"steps": 2, "cg_max_iter": 10},
+        batch_size=32,
+        progress=False,
+    )
+    params = dict(residual.named_parameters())
+    assert params and all(
+        isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params.values()
+    )
+    train(residual, adam={"steps": 3}, batch_size=32, progress=False)

@@ -16,6 +16,11 @@ from pdesampler.losses.transport import (
     sb,
     score,
 )
+from pdesampler.losses.validate import (
+    ResidualValidationError,
+    validate_residual,
+    validate_target,
+)
 from pdesampler.targets import Target
 
 CATALOGUE: dict[str, Callable[..., Residual]] = {
@@ -44,7 +49,10 @@ __all__ = [
     "Dynamics",
     "Residual",
     "ResidualShapeError",
+    "ResidualValidationError",
     "TransportResidual",
     "make_loss",
+    "validate_residual",
+    "validate_target",
     *CATALOGUE,
 ]

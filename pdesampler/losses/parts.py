@@ -217,7 +217,8 @@ class LogDensityPath(nn.Module):
         + c'\\varphi + c\\,\\partial_t\\varphi - C_t`, while :math:`\\nabla` and :math:`\\Delta`
         are linear: :math:`\\Delta V = a\\Delta\\log\\rho + b\\Delta\\log p_{prior} + c\\Delta\\varphi`.
         """
-        (a, b, c, alz), (da, db, dc, dalz) = jvp(self.time_terms, (t,), (torch.ones_like(t),))
+        (a, b, c, alz), rates = jvp(self.time_terms, (t,), (torch.ones_like(t),))
+        da, db, dc, dalz = (r.to(t.dtype) for r in rates)  # jvp of a 0-dim t may promote
         rho = ops.scalar_jet(self._log_rho, estimator, laplacian=laplacian)(x, t, probes)
         prior = ops.scalar_jet(self._log_prior, estimator, laplacian=laplacian)(x, t, probes)
         value = a * rho.value + b * prior.value - alz

@@ -189,7 +189,7 @@ def per_point_jacobian(
         raise ValueError(f"{type(module).__name__} is not pointwise; use the CG solver instead")
 
     def one_point(p: Params, xi: Tensor, ti: Tensor) -> Tensor:
-        return functional_call(module, p, (xi.unsqueeze(0), ti.unsqueeze(0)))
+        return functional_call(module, p, (xi.unsqueeze(0), ti.unsqueeze(0)), tie_weights=False)
 
     jac = vmap(jacrev(one_point), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, t)
     n, k = next(iter(jac.values())).shape[:2]
