@@ -27,6 +27,11 @@ from pdesampler.runner import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_CONFIGS = {"gmm9": "GMM d=2", "mw5": "MW 5/5/4"}
+# The collocation each problem trains best with on a CPU budget (as in configs/suite/paper.yaml).
+PROBLEMS = {
+    "gmm9": {"collocation": "trajectory_cache", "prior_box_width": 5.0},
+    "mw5": {"collocation": "box", "prior_box_width": 3.0},
+}
 
 
 def build(target_name: str, seed: int, width: int):
@@ -58,6 +63,8 @@ def run_arm(args, target_name: str, with_gn: bool) -> dict:
             "damping": args.damping,
             "cg_max_iter": args.cg_max_iter,
             "cg_rtol": args.cg_rtol,
+            "adaptive_damping": not args.fixed_damping,
+            "line_search_batch": args.line_search_batch,
         }
     result = train(
         residual,
@@ -65,7 +72,8 @@ def run_arm(args, target_name: str, with_gn: bool) -> dict:
         gn=gn,
         batch_size=args.batch_size,
         gn_batch_size=args.gn_batch_size,
-        collocation=args.collocation,
+        collocation=args.collocation or PROBLEMS[target_name]["collocation"],
+        collocation_options={"prior_box_width": PROBLEMS[target_name]["prior_box_width"]},
         seed=args.seed,
         max_seconds=args.seconds,
         gn_time_fraction=args.gn_fraction,
@@ -108,10 +116,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--lr-final", type=float, default=1e-4)
     parser.add_argument("--solver", default="auto")
-    parser.add_argument("--damping", type=float, default=1e-5)
+    parser.add_argument("--damping", type=float, default=1e-3)
+    parser.add_argument("--fixed-damping", action="store_true", help="no Levenberg-Marquardt")
+    parser.add_argument("--line-search-batch", default="fresh", choices=["same", "fresh"])
     parser.add_argument("--cg-max-iter", type=int, default=500)
     parser.add_argument("--cg-rtol", type=float, default=1e-6)
-    parser.add_argument("--collocation", default="trajectory_cache")
+    parser.add_argument("--collocation", default=None, help="default: per problem (see PROBLEMS)")
     parser.add_argument("--n-eval", type=int, default=10_000)
     parser.add_argument("--eval-batch", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)

@@ -58,6 +58,7 @@ OPERATORS = ("divergence", "laplacian")
 BASELINE = "autograd_loop"
 TOLERANCE = 1e-4
 GOAL_DIM, GOAL_SPEEDUP = 50, 2.0
+MAX_UNCHUNKED = 2**24  # batch * d * width above which unchunked nested Laplacians are skipped
 
 
 # ---------------------------------------------------------------------------- methods
@@ -193,6 +194,16 @@ def bench_operator(
     chunk = args.chunk_size or auto_chunk_size(d, args.width, device)
     chunk = None if chunk is not None and chunk >= args.batch else chunk
     table = methods(operator, chunk, device)
+    if (
+        chunk is not None
+        and operator == "laplacian"
+        and args.batch * d * args.width > MAX_UNCHUNKED
+    ):
+        # Unchunked nested autodiff (forward-over-reverse, hessian) at this size needs more than
+        # the 24 GB of the 2-core CI machine (it was OOM-killed); the chunked variants stay.
+        skipped = [k for k in ("exact", "hessian") if k in table]
+        print(f"  (skipping unchunked {', '.join(skipped)}: memory)")
+        table = {k: v for k, v in table.items() if k not in skipped}
     errors = check_exact(table, net, x, t)
     bad = {k: e for k, e in errors.items() if max(e.values()) > TOLERANCE}
     if bad:

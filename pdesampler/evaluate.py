@@ -90,6 +90,8 @@ def evaluate(
     x = output.samples.double()
     log_w = output.log_weights(target).double()
     reference = exact_samples(target, n_samples, generator)
+    if reference is not None:
+        reference = reference.to(x.device)
     skipped: dict[str, str] = {}
     m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
     m["log_z_learned"] = residual.log_z_estimate()
@@ -135,7 +137,7 @@ def evaluate(
 def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_batch) -> dict:
     """W2 and energy distance to the exact samples; ``w2_floor`` is W2 between ``reference``
     and a second, independent exact set of the same size: the estimator's value at perfection."""
-    second = target.sample(reference.shape[0], generator)
+    second = target.sample(reference.shape[0], generator).to(reference.device)
     w2 = lambda a, b: metrics.sinkhorn_w2(
         a, b, blur=blur, max_samples=max_samples, generator=generator
     )

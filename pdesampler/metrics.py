@@ -71,6 +71,7 @@ def _as_points(x: Tensor, name: str) -> Tensor:
 def _centered(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Shift both clouds by their common mean: distances are unchanged, and geomloss's
     :math:`|x|^2 - 2 x\\cdot y + |y|^2` expansion loses less to cancellation."""
+    y = y.to(x.device)
     center = torch.cat([x, y]).mean(0, keepdim=True)
     return x - center, y - center
 

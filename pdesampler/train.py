@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.func import functional_call
 
 from pdesampler.collocation import CollocationSampler, make_collocation
@@ -207,22 +208,30 @@ def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: Ga
     work_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     probe_stream = getattr(residual.estimator, "generator", None)
 
-    def make(step: int):
-        sampler.update(step)
+    def batch():
         x, t = sampler(n)
         if work_dtype is not None:
             x, t = x.to(work_dtype), t.to(work_dtype)
+        return x, t
+
+    def make(step: int):
+        sampler.update(step)
+        x, t = batch()
         probe_state = probe_stream.get_state() if probe_stream is not None else None
 
-        def residual_fn(params):
-            if probe_state is not None:
-                probe_stream.set_state(probe_state)
-            return functional_call(residual, params, (x, t), tie_weights=False)
+        def on(x: Tensor, t: Tensor):
+            def residual_fn(params):
+                if probe_state is not None:
+                    probe_stream.set_state(probe_state)
+                return functional_call(residual, params, (x, t), tie_weights=False)
+
+            return residual_fn
 
         def jacobian_fn(params):
             return per_point_jacobian(residual, params, x, t)
 
         exact = isinstance(residual.estimator, Exact)
-        return residual_fn, (jacobian_fn if residual.pointwise and exact else None)
+        search_fn = on(*batch()) if cfg.line_search_batch == "fresh" else None
+        return on(x, t), (jacobian_fn if residual.pointwise and exact else None), search_fn
 
     return make

@@ -249,7 +249,10 @@ class LogDensityPath(nn.Module):
         """:math:`\\log z(T)`, or :math:`\\int_0^T C_t\\,dt` (Gauss-Legendre) for a Boltzmann curve
         whose :math:`V(\\cdot, 0)` is the normalized prior; ``None`` otherwise."""
         param = next(self.parameters(), None)
-        kw = {"dtype": param.dtype if param is not None else torch.float32}
+        kw = {
+            "dtype": param.dtype if param is not None else torch.float32,
+            "device": param.device if param is not None else torch.device("cpu"),
+        }
         if self.log_z is not None:
             return float(self.log_z(torch.tensor(self.T, **kw)).detach())
         if self.log_z_rate is not None and isinstance(self.coefficients, BridgeCoefficients):
@@ -258,10 +261,11 @@ class LogDensityPath(nn.Module):
         return None
 
 
-def _gauss_legendre(n: int, lo: float, hi: float, dtype: torch.dtype):
+def _gauss_legendre(n: int, lo: float, hi: float, dtype: torch.dtype, device: torch.device):
     nodes, weights = np.polynomial.legendre.leggauss(n)
-    nodes = torch.as_tensor(0.5 * (hi - lo) * nodes + 0.5 * (hi + lo), dtype=dtype)
-    return nodes, torch.as_tensor(0.5 * (hi - lo) * weights, dtype=dtype)
+    kw = {"dtype": dtype, "device": device}
+    nodes = torch.as_tensor(0.5 * (hi - lo) * nodes + 0.5 * (hi + lo), **kw)
+    return nodes, torch.as_tensor(0.5 * (hi - lo) * weights, **kw)
 
 
 # ---------------------------------------------------------------------------- drifts

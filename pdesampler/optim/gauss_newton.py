@@ -311,6 +311,14 @@ class GaussNewtonConfig:
         dtype: ``"float32"``, ``"float64"`` or ``None`` (keep the parameters' dtype).
         max_seconds: wall-clock budget of :func:`run_gauss_newton` (``None``: no limit).
         nan_patience: consecutive non-finite steps tolerated before a ``RuntimeError``.
+        adaptive_damping: Levenberg-Marquardt control of :math:`\\varepsilon`: divide it by
+            ``damping_factor`` after a step accepted with :math:`\\eta \\ge 1/2`, multiply it
+            after a rejected step or one with :math:`\\eta < 1/4`, within
+            ``[damping_min, damping_max]``.
+        line_search_batch: ``"same"`` (the line search uses the step's batch) or ``"fresh"``
+            (:func:`pdesampler.train.train` gives it an independent batch, so that a step that
+            only fits its own batch is rejected; with fewer residuals than parameters an exact
+            step interpolates its batch).
     """
 
     steps: int = 100
@@ -331,8 +339,17 @@ class GaussNewtonConfig:
     dtype: str | None = None
     max_seconds: float | None = None
     nan_patience: int = 5
+    adaptive_damping: bool = False
+    damping_factor: float = 3.0
+    damping_min: float = 1e-8
+    damping_max: float = 1e2
+    line_search_batch: str = "same"
 
     def __post_init__(self) -> None:
+        if self.line_search_batch not in ("same", "fresh"):
+            raise ValueError(
+                f"line_search_batch must be 'same' or 'fresh', got {self.line_search_batch!r}"
+            )
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
         if self.line_search not in _LINE_SEARCHES:
@@ -363,6 +380,8 @@ class StepInfo:
         seconds: wall-clock seconds of the step.
         accepted: whether the parameters changed.
         reason: why a step was rejected (``""`` when accepted).
+        damping: the damping :math:`\\varepsilon` after the step (it changes only with
+            ``adaptive_damping``).
     """
 
     loss_before: float
@@ -374,6 +393,7 @@ class StepInfo:
     seconds: float
     accepted: bool
     reason: str = ""
+    damping: float | None = None
 
 
 # ---------------------------------------------------------------------- line search
@@ -445,6 +465,7 @@ class GaussNewton:
         self.history: list[StepInfo] = []
         self._previous: Tensor | None = None
         self._bad_steps = 0
+        self.damping = config.damping
 
     @property
     def dtype(self) -> torch.dtype:
@@ -452,9 +473,15 @@ class GaussNewton:
         return next(iter(self.params.values())).dtype
 
     def step(
-        self, residual_fn: ResidualFn, point_jacobian_fn: JacobianFn | None = None
+        self,
+        residual_fn: ResidualFn,
+        point_jacobian_fn: JacobianFn | None = None,
+        search_fn: ResidualFn | None = None,
     ) -> StepInfo:
-        """One outer step on one batch: direction, line search, and the update if it helps."""
+        """One outer step on one batch: direction, line search, and the update if it helps.
+
+        ``search_fn`` (optional) is the residual on another batch: the line search then accepts
+        a step only if it lowers that loss (Armijo uses the slope on ``residual_fn``'s batch)."""
         start = time.perf_counter()
         lin = linearize(residual_fn, self.params, self.config.jacobian_product)
         loss0 = float(lin.loss)
@@ -475,13 +502,29 @@ class GaussNewton:
         self._previous = direction
         slope = -2.0 * float(gradient.dot(direction))
         step_dict = unflatten(direction, self.params)
-        eta, loss1 = line_search(residual_fn, self.params, step_dict, loss0, slope, self.config)
+        if search_fn is not None:
+            loss0 = float(search_fn(self.params).square().sum())
+        eta, loss1 = line_search(
+            search_fn or residual_fn, self.params, step_dict, loss0, slope, self.config
+        )
+        self._adapt_damping(eta)
         if eta == 0.0:
             info = StepInfo(loss0, loss0, 0.0, cg_iters, cg_res, solver, 0.0, False, "no decrease")
         else:
             self.params = {n: p - eta * step_dict[n] for n, p in self.params.items()}
             info = StepInfo(loss0, loss1, eta, cg_iters, cg_res, solver, 0.0, True)
+        info.damping = self.damping
         return self._record(info, start)
+
+    def _adapt_damping(self, eta: float) -> None:
+        """Levenberg-Marquardt: less damping after a near-full step, more after a short one."""
+        cfg = self.config
+        if not cfg.adaptive_damping:
+            return
+        if eta >= 0.5:
+            self.damping = max(self.damping / cfg.damping_factor, cfg.damping_min)
+        elif eta < 0.25:
+            self.damping = min(self.damping * cfg.damping_factor, cfg.damping_max)
 
     def copy_to(self, module: nn.Module) -> None:
         """Write the current parameters into ``module``, each in its own dtype."""
@@ -492,7 +535,7 @@ class GaussNewton:
 
     # ------------------------------------------------------------------ helpers
     def _cg_direction(self, lin: Linearization, gradient: Tensor) -> CGResult:
-        damping = self.config.damping
+        damping = self.damping
         return conjugate_gradient(
             lambda v: lin.gramian_vector_product(v) + damping * v,
             gradient,
@@ -511,7 +554,7 @@ class GaussNewton:
                 f"point_jacobian_fn returned shape {tuple(jacobian.shape)}; expected (M, P) = "
                 f"{expected}, rows in the residual's order"
             )
-        return damped_direction_explicit(jacobian, lin.residual, self.config.damping, solver)
+        return damped_direction_explicit(jacobian, lin.residual, self.damping, solver)
 
     def _choose_solver(self, num_residuals: int, point_jacobian_fn: JacobianFn | None) -> str:
         if self.config.solver != "auto":
