@@ -293,6 +293,42 @@ def test_line_search_shortens_an_overshooting_step(kind):
     assert info.loss_after == float(residual_fn(gn.params).square().sum())
 
 
+def test_fresh_batch_line_search_rejects_a_step_that_only_helps_its_own_batch():
+    """With ``search_fn`` the step is judged on another batch: a direction that fits the step's
+    batch but raises the other batch's loss is rejected, and nothing changes."""
+    module = LinearResidual(m=40, p=12)
+    own_batch = lambda p: functional_call(module, p, ())
+    gn = GaussNewton(module, GaussNewtonConfig(solver="cg", damping=1e-10))
+    start = gn.params["theta"].clone()
+    other_batch = lambda p: 1.0 + 1e3 * (p["theta"] - start).square()  # any move: worse
+    info = gn.step(own_batch, search_fn=other_batch)
+    assert not info.accepted and info.reason == "no decrease"
+    assert torch.equal(gn.params["theta"], start)
+    assert info.loss_before == info.loss_after == 12.0  # the other batch's loss
+    info = gn.step(own_batch, search_fn=lambda p: own_batch(p) - 0.1)  # a batch that agrees
+    assert info.accepted and info.step_size == 1.0
+
+
+def test_levenberg_marquardt_damping_falls_after_full_steps_and_rises_after_rejections():
+    module = LinearResidual(m=40, p=12)
+    residual_fn = lambda p: functional_call(module, p, ())
+    config = GaussNewtonConfig(
+        solver="cg", damping=1e-2, adaptive_damping=True, damping_factor=3.0, damping_min=5e-3
+    )
+    gn = GaussNewton(module, config)
+    info = gn.step(residual_fn)  # linear residual: eta = 1 is accepted
+    assert (
+        info.step_size == 1.0 and gn.damping == 5e-3 and info.damping == 5e-3  # 1e-2/3, clamped
+    )
+    here = gn.params["theta"].clone()
+    worse = lambda p: 1.0 + (p["theta"] - here).square()  # a batch on which every move hurts
+    rejected = gn.step(residual_fn, search_fn=worse)
+    assert not rejected.accepted and math.isclose(gn.damping, 1.5e-2)
+    fixed = GaussNewton(module, GaussNewtonConfig(solver="cg", damping=1e-2))
+    fixed.step(residual_fn)
+    assert fixed.damping == 1e-2  # without adaptive_damping it never changes
+
+
 def test_grid_early_stop_saves_evaluations_and_finds_the_same_step():
     module = Arctan()
     params = params_of(module)
