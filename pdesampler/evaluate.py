@@ -7,6 +7,7 @@ listed with the reason under ``skipped``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from pdesampler import metrics
 from pdesampler.losses.base import Residual
 from pdesampler.ops import Exact, Hutchinson
 from pdesampler.sampling import SamplingOutput, log_density, sample
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Evaluation", "evaluate", "exact_samples"]
 
@@ -97,6 +100,7 @@ def evaluate(
     m["log_z_learned"] = residual.log_z_estimate()
     finite = torch.isfinite(log_w)
     m["n_nonfinite"] = int((~finite).sum())
+    x = _finite_rows(x, m)
     m["log_Z_lb"] = float(metrics.log_z_lower_bound(log_w[finite])) if finite.any() else None
     m["log_Z_is"] = float(metrics.log_z_importance(log_w[finite])) if finite.any() else None
     m["ess"] = float(metrics.effective_sample_size(log_w.nan_to_num(nan=-torch.inf)))
@@ -105,23 +109,26 @@ def evaluate(
     if log_Z is not None and m["log_Z_lb"] is not None:
         m["log_Z_ref"] = float(log_Z)
         m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
-        log_rho = target.log_prob(x)
-        m["cross_entropy"] = float(metrics.cross_entropy(log_rho, log_Z))
+        if x is not None:
+            m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
     else:
         for key in ("log_Z_ref", "dlogZ", "cross_entropy"):
             m[key] = None
             skipped[key] = "the target has no reference log Z"
-    if stddevs is not None:
+    if x is None:
+        for key in ("cross_entropy", "dstd", "w2", "w2_floor", "energy_distance"):
+            m[key], skipped[key] = None, "every model sample is NaN/Inf"
+    elif stddevs is not None:
         m["dstd"] = float(metrics.delta_std(x, stddevs))
     else:
         m["dstd"], skipped["dstd"] = None, "the target has no reference standard deviations"
-    if reference is not None:
+    if reference is not None and x is not None:
         m.update(
             _sample_metrics(
                 x, reference, target, generator, sinkhorn_blur, sinkhorn_max_samples, energy_batch
             )
         )
-    else:
+    elif reference is None:
         for key in ("w2", "w2_floor", "energy_distance", "nll"):
             m[key] = None
             skipped[key] = "the target has no exact sampler"
@@ -132,6 +139,21 @@ def evaluate(
         m["nll"], skipped["nll"] = None, "disabled (eval.nll=false)"
     m["skipped"] = skipped
     return Evaluation(m, output, reference, skipped)
+
+
+def _finite_rows(x: Tensor, m: dict[str, Any]) -> Tensor | None:
+    """The model samples whose coordinates are all finite (``None`` if fewer than 2); their
+    count goes to ``m["n_nonfinite_samples"]`` and a warning is logged if any are dropped."""
+    good = torch.isfinite(x).all(1)
+    m["n_nonfinite_samples"] = int((~good).sum())
+    if m["n_nonfinite_samples"]:
+        logger.warning(
+            "%d of %d model samples are NaN/Inf: dropped from dstd, w2, energy distance and "
+            "cross entropy (log Z and ESS count them as zero weight)",
+            m["n_nonfinite_samples"],
+            x.shape[0],
+        )
+    return x[good] if int(good.sum()) >= 2 else None
 
 
 def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_batch) -> dict:

@@ -65,6 +65,9 @@ def _as_points(x: Tensor, name: str) -> Tensor:
     x = torch.as_tensor(x).detach()
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (N, d) with N >= 1, got {tuple(x.shape)}")
+    bad = int((~torch.isfinite(x).all(1)).sum())
+    if bad:
+        raise ValueError(f"{name} has {bad} of {x.shape[0]} rows with NaN/Inf; drop them first")
     return x.to(torch.float64)
 
 

@@ -1,0 +1,57 @@
+"""``evaluate`` keeps going when some model samples are NaN/Inf (a diverged model), drops them
+from the sample metrics, says how many, and the metric functions refuse such input by name."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from pdesampler import evaluate, losses, metrics
+from pdesampler.targets import Gaussian
+
+evaluate_module = importlib.import_module("pdesampler.evaluate")  # the name is also a function
+
+
+def poisoned_sample(n_bad: int):
+    """The real sampler, with the first ``n_bad`` samples replaced by NaN and Inf."""
+    real = evaluate_module.sample
+
+    def wrapped(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.samples[:n_bad] = torch.tensor([math.nan, math.inf])
+        out.flow_log_q[:n_bad] = math.nan
+        return out
+
+    return wrapped
+
+
+@pytest.mark.parametrize("n_bad", [3, 200])
+def test_non_finite_samples_are_dropped_from_sample_metrics(monkeypatch, n_bad, caplog):
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    monkeypatch.setattr(evaluate_module, "sample", poisoned_sample(n_bad))
+    report = evaluate(residual, n_samples=200, steps=4, n_nll=20, sinkhorn_max_samples=100)
+    m = report.metrics
+    assert m["n_nonfinite"] == n_bad and m["n_nonfinite_samples"] == n_bad
+    if n_bad < 200:  # sample metrics on the 197 finite samples
+        assert "NaN/Inf" in caplog.text
+        for key in ("w2", "dstd", "energy_distance", "cross_entropy", "ess", "dlogZ"):
+            assert math.isfinite(m[key]), key
+    else:  # nothing left: the sample metrics are null, with the reason
+        for key in ("w2", "dstd", "energy_distance", "cross_entropy"):
+            assert m[key] is None and m["skipped"][key] == "every model sample is NaN/Inf"
+        assert m["ess"] == 0.0 or math.isnan(m["ess"])
+    assert math.isfinite(m["nll"])  # the backward ODE from exact samples is unaffected
+
+
+@pytest.mark.parametrize(
+    "fn", [metrics.sinkhorn_w2, metrics.energy_distance], ids=["sinkhorn", "energy"]
+)
+def test_metrics_name_non_finite_rows(fn):
+    x = torch.randn(10, 2, dtype=torch.float64)
+    x[4, 1] = math.inf
+    with pytest.raises(ValueError, match="x has 1 of 10 rows with NaN/Inf"):
+        fn(x, torch.randn(10, 2, dtype=torch.float64))
