@@ -21,6 +21,7 @@ def _np(x: Tensor) -> np.ndarray:
 
 
 def _range(*arrays: np.ndarray) -> tuple[float, float]:
+    arrays = tuple(a for a in arrays if a.size) or (np.array([-1.0, 1.0]),)
     lo = min(np.quantile(a, 0.0005) for a in arrays)
     hi = max(np.quantile(a, 0.9995) for a in arrays)
     pad = 0.05 * (hi - lo + 1e-9)
@@ -32,6 +33,8 @@ def _marginal(ax, samples: np.ndarray, exact: np.ndarray | None, bins: int = 80)
     lo, hi = _range(finite, *([exact] if exact is not None else []))
     edges = np.linspace(lo, hi, bins + 1)
     ax.hist(finite, bins=edges, density=True, alpha=0.6, color="tab:blue", label="model")
+    if finite.size < samples.size:
+        ax.set_title(f"{samples.size - finite.size} model samples NaN/Inf", fontsize=8)
     if exact is not None:
         dens, _ = np.histogram(exact, bins=edges, density=True)
         ax.step(edges[:-1], dens, where="post", color="black", lw=1.2, label="exact")
@@ -75,7 +78,8 @@ def plot_trajectories(
     ax.set_xlabel("t")
     ax.set_ylabel(f"$x_{dim + 1}$")
     end = _np(trajectory[-1, :, dim])
-    ax_hist.hist(end[np.isfinite(end)], bins=60, orientation="horizontal", density=True)
+    if np.isfinite(end).any():
+        ax_hist.hist(end[np.isfinite(end)], bins=60, orientation="horizontal", density=True)
     ax_hist.set_xlabel("density at end")
     fig.suptitle(title)
     fig.tight_layout()

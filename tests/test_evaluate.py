@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from pdesampler import evaluate, losses, metrics
+from pdesampler import evaluate, losses, metrics, plots
 from pdesampler.targets import Gaussian
 
 evaluate_module = importlib.import_module("pdesampler.evaluate")  # the name is also a function
@@ -55,3 +55,15 @@ def test_metrics_name_non_finite_rows(fn):
     x[4, 1] = math.inf
     with pytest.raises(ValueError, match="x has 1 of 10 rows with NaN/Inf"):
         fn(x, torch.randn(10, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n_bad", [5, 50])
+def test_figures_survive_non_finite_samples(tmp_path, n_bad):
+    samples = torch.randn(50, 2)
+    samples[:n_bad] = math.nan
+    trajectory = torch.randn(3, 50, 2)
+    trajectory[:, :n_bad] = math.inf
+    exact = torch.randn(100, 2)
+    assert plots.plot_marginals(samples, exact, tmp_path / "m.png").stat().st_size > 0
+    path = plots.plot_trajectories(trajectory, torch.linspace(0, 1, 3), tmp_path / "t.png")
+    assert path.stat().st_size > 0
