@@ -106,15 +106,17 @@ def evaluate(
     m["ess"] = float(metrics.effective_sample_size(log_w.nan_to_num(nan=-torch.inf)))
     m["one_minus_ess"] = 1 - m["ess"]
     log_Z, stddevs = getattr(target, "log_Z", None), getattr(target, "stddevs", None)
-    if log_Z is not None and m["log_Z_lb"] is not None:
+    if log_Z is None:
+        for key in ("log_Z_ref", "dlogZ", "cross_entropy"):
+            m[key], skipped[key] = None, "the target has no reference log Z"
+    else:
         m["log_Z_ref"] = float(log_Z)
-        m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
+        if m["log_Z_lb"] is None:
+            m["dlogZ"], skipped["dlogZ"] = None, "every log-weight is NaN/Inf"
+        else:
+            m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
         if x is not None:
             m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
-    else:
-        for key in ("log_Z_ref", "dlogZ", "cross_entropy"):
-            m[key] = None
-            skipped[key] = "the target has no reference log Z"
     if x is None:
         for key in ("cross_entropy", "dstd", "w2", "w2_floor", "energy_distance"):
             m[key], skipped[key] = None, "every model sample is NaN/Inf"

@@ -44,6 +44,8 @@ def test_non_finite_samples_are_dropped_from_sample_metrics(monkeypatch, n_bad, 
         for key in ("w2", "dstd", "energy_distance", "cross_entropy"):
             assert m[key] is None and m["skipped"][key] == "every model sample is NaN/Inf"
         assert m["ess"] == 0.0 or math.isnan(m["ess"])
+        assert m["log_Z_ref"] == 0.0  # the target has one; the model gave no finite weight
+        assert m["dlogZ"] is None and m["skipped"]["dlogZ"] == "every log-weight is NaN/Inf"
     assert math.isfinite(m["nll"])  # the backward ODE from exact samples is unaffected
 
 

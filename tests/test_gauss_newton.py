@@ -111,6 +111,15 @@ def assert_cg_matches_dense(
     assert rel_err(result.solution, dense) < tol, (result.iterations, result.rel_residual)
 
 
+# ---------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    "key", ["solver", "line_search", "line_search_batch", "jacobian_product", "dtype"]
+)
+def test_config_rejects_an_unknown_choice_by_name(key):
+    with pytest.raises(ValueError, match=f"^{key} must be one of .*, got 'bogus'$"):
+        GaussNewtonConfig(**{key: "bogus"})
+
+
 # ---------------------------------------------------------------------- building blocks
 def test_flatten_roundtrip():
     params = {"w": torch.randn(3, 4, dtype=DTYPE), "b": torch.randn(4, dtype=DTYPE)}

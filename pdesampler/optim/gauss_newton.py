@@ -76,8 +76,14 @@ __all__ = [
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_SOLVERS = ("auto", "cg", "woodbury", "dense")
-_LINE_SEARCHES = ("grid", "armijo")
+# The allowed values of GaussNewtonConfig's string options.
+_CHOICES = {
+    "solver": ("auto", "cg", "woodbury", "dense"),
+    "line_search": ("grid", "armijo"),
+    "line_search_batch": ("same", "fresh"),
+    "jacobian_product": ("double_vjp", "jvp"),
+    "dtype": (None, *_DTYPES),
+}
 
 
 # ---------------------------------------------------------------------- parameter vectors
@@ -346,22 +352,10 @@ class GaussNewtonConfig:
     line_search_batch: str = "same"
 
     def __post_init__(self) -> None:
-        if self.line_search_batch not in ("same", "fresh"):
-            raise ValueError(
-                f"line_search_batch must be 'same' or 'fresh', got {self.line_search_batch!r}"
-            )
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
-        if self.line_search not in _LINE_SEARCHES:
-            raise ValueError(
-                f"line_search must be one of {_LINE_SEARCHES}, got {self.line_search!r}"
-            )
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {self.dtype!r}")
-        if self.jacobian_product not in ("double_vjp", "jvp"):
-            raise ValueError(
-                f"jacobian_product must be 'double_vjp' or 'jvp', got {self.jacobian_product!r}"
-            )
+        for key, choices in _CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise ValueError(f"{key} must be one of {choices}, got {value!r}")
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
 
