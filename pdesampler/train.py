@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
 from pdesampler.losses.validate import validate_residual
 from pdesampler.ops import Exact
+from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
 from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
-from pdesampler.optim.gauss_newton import GaussNewtonConfig, per_point_jacobian, run_gauss_newton
+from pdesampler.optim.gauss_newton import per_point_jacobian
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
 
@@ -58,18 +59,6 @@ class TrainResult:
         }
 
 
-def _config(cls, value):
-    """Build a config dataclass from a mapping, naming unknown keys in the error."""
-    if value is None or isinstance(value, cls):
-        return value
-    value = dict(value)
-    known = {f.name for f in fields(cls)}
-    unknown = set(value) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**value)
-
-
 def _param_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
     p = next(module.parameters())
     return p.dtype, p.device
@@ -86,7 +75,7 @@ def train(
     residual: Residual,
     *,
     adam: AdamConfig | Mapping | None = None,
-    gn: GaussNewtonConfig | Mapping | None = None,
+    gn: FinetuneConfig | Mapping | None = None,
     batch_size: int = 1024,
     collocation: str | CollocationSampler = "default",
     collocation_options: Mapping | None = None,
@@ -98,12 +87,15 @@ def train(
     progress: bool = True,
     validate: bool = True,
 ) -> TrainResult:
-    """Train ``residual`` in place: Adam, then Gauss-Newton if ``gn`` is given.
+    """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given.
 
     Args:
         residual: any :class:`Residual` (its parameters' dtype and device are used).
         adam: :class:`AdamConfig` or a mapping of its fields (``steps=0`` skips Adam).
-        gn: :class:`GaussNewtonConfig` or a mapping of its fields (``None``: no GN phase).
+        gn: the fine-tuning phase (``None``: none): a :class:`GaussNewtonConfig`, a
+            :class:`SpringConfig`, or a mapping of its fields with ``method`` naming it
+            (``"gauss_newton"``, the default, or ``"spring"``; see
+            :func:`pdesampler.optim.finetune_config`).
         batch_size: collocation points per Adam step.
         collocation: a sampler, or a kind for :func:`make_collocation` (``"default"``: the
             residual's own choice).
@@ -117,15 +109,16 @@ def train(
             a residual torch.func cannot transform, a wrong term shape or broken dynamics fail
             at once with a clear message.
     """
-    adam_cfg = _config(AdamConfig, adam) or AdamConfig()
-    gn_cfg = _config(GaussNewtonConfig, gn)
+    adam_cfg = build_config(AdamConfig, adam) or AdamConfig()
+    gn_cfg = finetune_config(gn)
     if max_seconds is not None:
         share = gn_time_fraction if gn_cfg is not None else 0.0
         adam_cfg.max_seconds = max_seconds * (1 - share)
         if gn_cfg is not None:
             gn_cfg.max_seconds = max_seconds * share
     if validate:
-        gn_product = gn_cfg.jacobian_product if gn_cfg is not None and gn_cfg.steps > 0 else None
+        finetuning = gn_cfg is not None and gn_cfg.steps > 0
+        gn_product = getattr(gn_cfg, "jacobian_product", "double_vjp") if finetuning else None
         validate_residual(residual, gauss_newton=gn_product)
     dtype, device = _param_dtype_device(residual)
     generator = torch.Generator().manual_seed(seed)
@@ -177,10 +170,10 @@ def train(
     result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps > 0:
         start = time.perf_counter()
-        history = run_gauss_newton(
+        history = run_finetuner(
+            gn_cfg,
             residual,
             _gn_batches(residual, sampler, gn_batch_size or batch_size, gn_cfg),
-            gn_cfg,
             progress=progress,
         )
         result.gn_seconds = time.perf_counter() - start
@@ -198,15 +191,20 @@ def train(
     return result
 
 
-def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: GaussNewtonConfig):
-    """``step -> (residual_fn, point_jacobian_fn)`` on a fresh collocation batch per step.
+def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: FinetuneConfig):
+    """``step -> (residual_fn, point_jacobian_fn, search_fn, curvature_fn)`` on a fresh
+    collocation batch per step.
 
-    GN needs a fixed function of the parameters per batch: with a Hutchinson estimator the
-    probe stream is rewound before every evaluation, and per-point Jacobians (random draws
-    inside vmap) are not offered, so GN uses CG.
+    A fine-tuner's config may ask for two extras: ``line_search_batch="fresh"`` (``search_fn``
+    on an independent batch) and ``curvature_fraction < 1`` (``curvature_fn`` on the first
+    points of the batch). Fine-tuners need a fixed function of the parameters per batch: with
+    a Hutchinson estimator the probe stream is rewound before every evaluation, and per-point
+    Jacobians (random draws inside vmap) are not offered, so they use CG.
     """
     work_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     probe_stream = getattr(residual.estimator, "generator", None)
+    fresh_search = getattr(cfg, "line_search_batch", "same") == "fresh"
+    curvature_points = max(1, round(getattr(cfg, "curvature_fraction", 1.0) * n))
 
     def batch():
         x, t = sampler(n)
@@ -231,7 +229,11 @@ def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: Ga
             return per_point_jacobian(residual, params, x, t)
 
         exact = isinstance(residual.estimator, Exact)
-        search_fn = on(*batch()) if cfg.line_search_batch == "fresh" else None
-        return on(x, t), (jacobian_fn if residual.pointwise and exact else None), search_fn
+        search_fn = on(*batch()) if fresh_search else None
+        curvature_fn = (
+            on(x[:curvature_points], t[:curvature_points]) if curvature_points < n else None
+        )
+        jacobian = jacobian_fn if residual.pointwise and exact else None
+        return on(x, t), jacobian, search_fn, curvature_fn
 
     return make

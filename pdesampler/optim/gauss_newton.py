@@ -75,15 +75,24 @@ __all__ = [
     "unflatten",
 ]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # The allowed values of GaussNewtonConfig's string options.
 _CHOICES = {
     "solver": ("auto", "cg", "woodbury", "dense"),
     "line_search": ("grid", "armijo"),
     "line_search_batch": ("same", "fresh"),
     "jacobian_product": ("double_vjp", "jvp"),
-    "dtype": (None, *_DTYPES),
+    "dtype": (None, *DTYPES),
+    "gram_dtype": tuple(DTYPES),
 }
+
+
+def check_choices(config: object, choices: Mapping[str, tuple]) -> None:
+    """Raise a one-line ``ValueError`` naming the first option of ``config`` not allowed."""
+    for key, allowed in choices.items():
+        value = getattr(config, key)
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
 
 
 # ---------------------------------------------------------------------- parameter vectors
@@ -251,7 +260,7 @@ def conjugate_gradient(
     return CGResult(x, iterations, float(res_sq.sqrt() / b_norm))
 
 
-def _damped_cholesky_solve(gram: Tensor, rhs: Tensor, eps: float) -> Tensor:
+def damped_cholesky_solve(gram: Tensor, rhs: Tensor, eps: float) -> Tensor:
     """Solve :math:`(A + \\varepsilon I) y = b` for a symmetric PSD ``A`` by Cholesky; if that
     fails, warn and use the pseudo-inverse from ``eigh`` (eigenvalues below the round-off
     floor are dropped)."""
@@ -273,17 +282,25 @@ def _damped_cholesky_solve(gram: Tensor, rhs: Tensor, eps: float) -> Tensor:
 
 
 def damped_direction_explicit(
-    jacobian: Tensor, residual: Tensor, eps: float, solver: str
+    jacobian: Tensor,
+    residual: Tensor,
+    eps: float,
+    solver: str,
+    gram_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """:math:`(J^\\top J + \\varepsilon I)^{-1} J^\\top r` from an explicit ``(M, P)`` Jacobian.
 
     ``"woodbury"`` computes it as :math:`J^\\top (J J^\\top + \\varepsilon I)^{-1} r` (an
-    ``M x M`` solve), ``"dense"`` directly (a ``P x P`` solve).
+    ``M x M`` solve), ``"dense"`` directly (a ``P x P`` solve). The Gram matrix and its solve
+    use ``gram_dtype`` (default: the Jacobian's); the result has the Jacobian's dtype.
     """
+    wide = jacobian.to(gram_dtype or jacobian.dtype)
     if solver == "woodbury":
-        return jacobian.T @ _damped_cholesky_solve(jacobian @ jacobian.T, residual, eps)
+        solve = damped_cholesky_solve(wide @ wide.T, residual.to(wide.dtype), eps)
+        return jacobian.T @ solve.to(jacobian.dtype)
     if solver == "dense":
-        return _damped_cholesky_solve(jacobian.T @ jacobian, jacobian.T @ residual, eps)
+        step = damped_cholesky_solve(wide.T @ wide, wide.T @ residual.to(wide.dtype), eps)
+        return step.to(jacobian.dtype)
     raise ValueError(f"explicit solver must be 'woodbury' or 'dense', got {solver!r}")
 
 
@@ -325,6 +342,12 @@ class GaussNewtonConfig:
             (:func:`pdesampler.train.train` gives it an independent batch, so that a step that
             only fits its own batch is rejected; with fewer residuals than parameters an exact
             step interpolates its batch).
+        gram_dtype: dtype of the Gram matrix and its Cholesky solve in ``"woodbury"`` and
+            ``"dense"`` (float64 by default: cheap at ``M <= 8k``, and a float32 Gram matrix
+            with small damping often fails to factorize).
+        curvature_fraction: CG's Gramian products use the first ``curvature_fraction`` of the
+            batch's points (:func:`pdesampler.train.train` passes that ``curvature_fn``) while
+            the gradient uses the whole batch: subsampled-curvature Hessian-free GN.
     """
 
     steps: int = 100
@@ -350,14 +373,15 @@ class GaussNewtonConfig:
     damping_min: float = 1e-8
     damping_max: float = 1e2
     line_search_batch: str = "same"
+    gram_dtype: str = "float64"
+    curvature_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        for key, choices in _CHOICES.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+        check_choices(self, _CHOICES)
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
+        if not 0 < self.curvature_fraction <= 1:
+            raise ValueError(f"curvature_fraction must be in (0, 1], got {self.curvature_fraction}")
 
 
 @dataclass
@@ -454,7 +478,7 @@ class GaussNewton:
         if not params:
             raise ValueError("GaussNewton needs at least one parameter")
         self.config = config
-        dtype = _DTYPES[config.dtype] if config.dtype else None
+        dtype = DTYPES[config.dtype] if config.dtype else None
         self.params: Params = {n: p.detach().to(dtype=dtype, copy=True) for n, p in params.items()}
         self.history: list[StepInfo] = []
         self._previous: Tensor | None = None
@@ -471,11 +495,14 @@ class GaussNewton:
         residual_fn: ResidualFn,
         point_jacobian_fn: JacobianFn | None = None,
         search_fn: ResidualFn | None = None,
+        curvature_fn: ResidualFn | None = None,
     ) -> StepInfo:
         """One outer step on one batch: direction, line search, and the update if it helps.
 
         ``search_fn`` (optional) is the residual on another batch: the line search then accepts
-        a step only if it lowers that loss (Armijo uses the slope on ``residual_fn``'s batch)."""
+        a step only if it lowers that loss (Armijo uses the slope on ``residual_fn``'s batch).
+        ``curvature_fn`` (optional, CG only) is the residual on a subset of the batch whose
+        Gramian products CG uses in place of the whole batch's."""
         start = time.perf_counter()
         lin = linearize(residual_fn, self.params, self.config.jacobian_product)
         loss0 = float(lin.loss)
@@ -484,7 +511,10 @@ class GaussNewton:
         if not (math.isfinite(loss0) and bool(torch.isfinite(gradient).all())):
             return self._reject(loss0, solver, start, "non-finite loss or gradient")
         if solver == "cg":
-            direction, cg_iters, cg_res = self._cg_direction(lin, gradient)
+            curvature = lin
+            if curvature_fn is not None:
+                curvature = linearize(curvature_fn, self.params, self.config.jacobian_product)
+            direction, cg_iters, cg_res = self._cg_direction(curvature, gradient)
         else:
             jacobian_fn = point_jacobian_fn or (lambda p: full_jacobian(residual_fn, p))
             direction = self._explicit_direction(lin, jacobian_fn, solver)
@@ -548,7 +578,8 @@ class GaussNewton:
                 f"point_jacobian_fn returned shape {tuple(jacobian.shape)}; expected (M, P) = "
                 f"{expected}, rows in the residual's order"
             )
-        return damped_direction_explicit(jacobian, lin.residual, self.damping, solver)
+        gram_dtype = DTYPES[self.config.gram_dtype]
+        return damped_direction_explicit(jacobian, lin.residual, self.damping, solver, gram_dtype)
 
     def _choose_solver(self, num_residuals: int, point_jacobian_fn: JacobianFn | None) -> str:
         if self.config.solver != "auto":
@@ -590,11 +621,11 @@ class GaussNewton:
         return info
 
 
-def _steps(config: GaussNewtonConfig) -> Iterator[int]:
-    """Step indices until ``config.steps`` or ``config.max_seconds`` runs out."""
+def step_indices(steps: int, max_seconds: float | None) -> Iterator[int]:
+    """Step indices until ``steps`` or the wall-clock budget ``max_seconds`` runs out."""
     start = time.perf_counter()
-    for step in range(config.steps):
-        if config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:
+    for step in range(steps):
+        if max_seconds is not None and time.perf_counter() - start >= max_seconds:
             return
         yield step
 
@@ -617,7 +648,7 @@ def run_gauss_newton(
     gn = GaussNewton(module, config)
     bar = tqdm(total=config.steps, disable=not progress, desc="Gauss-Newton")
     try:
-        for step in _steps(config):
+        for step in step_indices(config.steps, config.max_seconds):
             info = gn.step(*make_batch_fns(step))
             bar.set_postfix(
                 loss=f"{info.loss_after:.4e}", eta=f"{info.step_size:g}", cg=info.cg_iters

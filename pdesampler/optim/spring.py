@@ -1,0 +1,289 @@
+"""SPRING: Gauss-Newton with Kaczmarz-style momentum on fresh batches.
+
+Goldshlager, Abrahamsen, Lin, *A Kaczmarz-inspired approach to accelerate the optimization of
+neural network wavefunctions* (J. Comput. Phys. 2024); Guzmán-Cordero, Dangel, Goldshlager,
+Zeinhofer (NeurIPS 2025) for PINNs. With :math:`r_k` the weighted stacked residual of batch
+:math:`k` (``Residual.forward``: the :math:`\\sqrt{\\alpha/N}` scaling is inside, so the loss is
+:math:`\\|r_k\\|^2`) and :math:`J_k` its Jacobian, one step is
+
+.. math::
+    \\zeta_k = r_k - \\mu J_k \\phi_{k-1}, \\qquad
+    \\phi_k = J_k^\\top (J_k J_k^\\top + \\lambda I)^{-1} \\zeta_k + \\mu\\, \\phi_{k-1}, \\qquad
+    \\theta \\leftarrow \\theta - \\eta_k \\phi_k,\\quad
+    \\eta_k = \\min(\\eta, \\sqrt{C} / \\|\\phi_k\\|).
+
+:math:`\\phi_k` is the smallest change of the previous direction :math:`\\mu \\phi_{k-1}` that
+solves the damped linearized problem of the new batch, so the components outside the batch's
+row space survive instead of being overwritten. With :math:`\\mu = 0` it is the damped
+Woodbury Gauss-Newton step :math:`J^\\top (J J^\\top + \\lambda I)^{-1} r` of
+:mod:`pdesampler.optim.gauss_newton` (SPEC section 5) with a fixed, capped step length. The
+optional bias correction divides :math:`\\phi_k` by :math:`\\sqrt{1 - \\mu^{2k}}` before the step.
+
+The ``N x N`` system is solved either by Cholesky on the explicit per-point Jacobian
+(``"woodbury"``, with the Gram matrix in ``gram_dtype``, float64 by default) or matrix-free
+(``"cg"``): conjugate gradient in residual space on :math:`(J J^\\top + \\lambda I) y = \\zeta`
+with the Jacobian products of :func:`~pdesampler.optim.gauss_newton.linearize`, for batches too
+large to form :math:`J`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pdesampler.optim.gauss_newton import (
+    DTYPES,
+    JacobianFn,
+    Params,
+    ResidualFn,
+    StepInfo,
+    check_choices,
+    conjugate_gradient,
+    damped_cholesky_solve,
+    linearize,
+    step_indices,
+    unflatten,
+)
+
+__all__ = ["Spring", "SpringConfig", "run_spring"]
+
+_CHOICES = {
+    "solver": ("auto", "woodbury", "cg"),
+    "gram_dtype": tuple(DTYPES),
+    "dtype": (None, *DTYPES),
+}
+
+
+@dataclass
+class SpringConfig:
+    """Settings of :class:`Spring` and :func:`run_spring`.
+
+    Attributes:
+        steps: outer steps for :func:`run_spring`.
+        lr: the fixed step length :math:`\\eta`.
+        momentum: :math:`\\mu` (0 gives the damped Woodbury Gauss-Newton step).
+        damping: :math:`\\lambda`, in the units of the :math:`1/\\sqrt N`-scaled residual.
+        norm_cap: :math:`C`: the step :math:`\\eta_k \\phi_k` has norm at most :math:`\\sqrt C`.
+        bias_correction: divide :math:`\\phi_k` by :math:`\\sqrt{1 - \\mu^{2k}}`.
+        solver: ``"woodbury"`` (explicit per-point Jacobian, Cholesky), ``"cg"`` (matrix-free
+            CG in residual space) or ``"auto"`` (Woodbury when a ``point_jacobian_fn`` is given
+            and the Jacobian fits ``jacobian_max_bytes``).
+        gram_dtype: dtype of the ``N x N`` Gram matrix and its solve (``"woodbury"``).
+        cg_max_iter: CG iteration limit (``"cg"``).
+        cg_rtol: CG relative residual tolerance (``"cg"``).
+        jacobian_max_bytes: memory budget of the explicit Jacobian for ``solver="auto"``.
+        resample_every: :func:`run_spring` draws a new batch every this many steps.
+        dtype: working dtype of the parameters (``None`` keeps theirs).
+        max_seconds: wall-clock budget of :func:`run_spring` (``None``: no limit).
+        nan_patience: consecutive non-finite steps tolerated before a ``RuntimeError``.
+    """
+
+    steps: int = 1000
+    lr: float = 0.05
+    momentum: float = 0.95
+    damping: float = 1e-4
+    norm_cap: float = 1e-3
+    bias_correction: bool = False
+    solver: str = "auto"
+    gram_dtype: str = "float64"
+    cg_max_iter: int = 100
+    cg_rtol: float = 1e-6
+    jacobian_max_bytes: float = 2e9
+    resample_every: int = 1
+    dtype: str | None = None
+    max_seconds: float | None = None
+    nan_patience: int = 5
+
+    def __post_init__(self) -> None:
+        check_choices(self, _CHOICES)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        for key in ("lr", "norm_cap"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.damping < 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        if self.resample_every < 1:
+            raise ValueError(f"resample_every must be >= 1, got {self.resample_every}")
+
+
+class Spring:
+    """SPRING on any residual closure; see the module docstring.
+
+    Args:
+        params: an ``nn.Module`` (its parameters that require grad) or a dict of tensors. The
+            optimizer works on a detached copy in ``config.dtype``.
+        config: the settings.
+
+    Attributes:
+        params: the current parameters (detached, working dtype).
+        direction: :math:`\\phi_k` as a flat vector (``None`` before the first step).
+        history: one :class:`~pdesampler.optim.gauss_newton.StepInfo` per :meth:`step`.
+    """
+
+    def __init__(self, params: nn.Module | Mapping[str, Tensor], config: SpringConfig) -> None:
+        if isinstance(params, nn.Module):
+            params = {n: p for n, p in params.named_parameters() if p.requires_grad}
+        if not params:
+            raise ValueError("Spring needs at least one parameter")
+        self.config = config
+        dtype = DTYPES[config.dtype] if config.dtype else None
+        self.params: Params = {n: p.detach().to(dtype=dtype, copy=True) for n, p in params.items()}
+        self.direction: Tensor | None = None
+        self.history: list[StepInfo] = []
+        self._accepted = 0
+        self._bad_steps = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The working dtype: the closures' inputs must use it."""
+        return next(iter(self.params.values())).dtype
+
+    def step(
+        self,
+        residual_fn: ResidualFn,
+        point_jacobian_fn: JacobianFn | None = None,
+        search_fn: ResidualFn | None = None,
+    ) -> StepInfo:
+        """One SPRING step on one batch. ``search_fn`` is accepted for the trainer's common
+        interface and ignored: the step length is fixed and capped, with no line search."""
+        del search_fn
+        start = time.perf_counter()
+        cfg = self.config
+        num_params = sum(p.numel() for p in self.params.values())
+        explicit = self._explicit(point_jacobian_fn, num_params, residual_fn)
+        if explicit:
+            with torch.no_grad():
+                residual = residual_fn(self.params).detach()
+            jacobian = point_jacobian_fn(self.params)
+            jvp = jacobian.__matmul__
+        else:
+            lin = linearize(residual_fn, self.params)
+            residual, jvp = lin.residual, lin.jvp
+        loss0 = float(residual.square().sum())
+        if not math.isfinite(loss0):
+            return self._reject(loss0, start, "non-finite loss")
+        zeta = residual
+        if self.direction is not None and cfg.momentum > 0:
+            zeta = residual - cfg.momentum * jvp(self.direction)
+        if explicit:
+            gram_dtype = DTYPES[cfg.gram_dtype]
+            wide = jacobian.to(gram_dtype)
+            solve = damped_cholesky_solve(wide @ wide.T, zeta.to(gram_dtype), cfg.damping)
+            update, cg_iters, cg_res = jacobian.T @ solve.to(jacobian.dtype), 0, None
+        else:
+            result = conjugate_gradient(
+                lambda u: lin.jvp(lin.vjp(u)) + cfg.damping * u,
+                zeta,
+                max_iter=cfg.cg_max_iter,
+                rtol=cfg.cg_rtol,
+            )
+            update, cg_iters, cg_res = (
+                lin.vjp(result.solution),
+                result.iterations,
+                result.rel_residual,
+            )
+        solver = "woodbury" if explicit else "cg"
+        direction = update if self.direction is None else update + cfg.momentum * self.direction
+        if not bool(torch.isfinite(direction).all()):
+            return self._reject(loss0, start, "non-finite direction", solver, cg_iters, cg_res)
+        self._bad_steps = 0
+        self.direction = direction
+        self._accepted += 1
+        applied = direction
+        if cfg.bias_correction and cfg.momentum > 0:
+            applied = direction / math.sqrt(1 - cfg.momentum ** (2 * self._accepted))
+        norm = float(applied.norm())
+        eta = min(cfg.lr, math.sqrt(cfg.norm_cap) / norm) if norm > 0 else 0.0
+        step = unflatten(applied, self.params)
+        self.params = {n: p - eta * step[n] for n, p in self.params.items()}
+        info = StepInfo(loss0, math.nan, eta, cg_iters, cg_res, solver, 0.0, True)
+        info.damping = cfg.damping
+        return self._record(info, start)
+
+    def copy_to(self, module: nn.Module) -> None:
+        """Write the current parameters into ``module``, each in its own dtype."""
+        own = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, value in self.params.items():
+                own[name].copy_(value)
+
+    # ------------------------------------------------------------------ helpers
+    def _explicit(
+        self, point_jacobian_fn: JacobianFn | None, num_params: int, residual_fn: ResidualFn
+    ) -> bool:
+        cfg = self.config
+        if cfg.solver == "cg":
+            return False
+        if point_jacobian_fn is None:
+            if cfg.solver == "woodbury":
+                raise ValueError(
+                    "SPRING solver='woodbury' needs a point_jacobian_fn (a pointwise residual "
+                    "with the exact trace estimator); use solver='cg'"
+                )
+            return False
+        if cfg.solver == "woodbury":
+            return True
+        with torch.no_grad():
+            rows = residual_fn(self.params).numel()
+        return rows * num_params * self.dtype.itemsize <= cfg.jacobian_max_bytes
+
+    def _reject(
+        self,
+        loss0: float,
+        start: float,
+        reason: str,
+        solver: str = "",
+        cg_iters: int = 0,
+        cg_res: float | None = None,
+    ) -> StepInfo:
+        self._bad_steps += 1
+        info = self._record(
+            StepInfo(loss0, loss0, 0.0, cg_iters, cg_res, solver, 0.0, False, reason), start
+        )
+        if self._bad_steps >= self.config.nan_patience:
+            raise RuntimeError(
+                f"SPRING: {self._bad_steps} consecutive non-finite steps ({reason}, last loss "
+                f"{loss0}); parameters left at the last finite step"
+            )
+        return info
+
+    def _record(self, info: StepInfo, start: float) -> StepInfo:
+        info.seconds = time.perf_counter() - start
+        self.history.append(info)
+        return info
+
+
+def run_spring(
+    module: nn.Module,
+    make_batch_fns: Callable[[int], tuple],
+    config: SpringConfig,
+    progress: bool = True,
+) -> list[StepInfo]:
+    """Run :class:`Spring` on ``module`` for ``config.steps`` steps or ``config.max_seconds``.
+
+    ``make_batch_fns(step)`` returns the closures of a batch, as for
+    :func:`~pdesampler.optim.gauss_newton.run_gauss_newton`; it is called every
+    ``config.resample_every`` steps and the batch is reused in between. The parameters are
+    written back into ``module`` at the end, also when the run stops with an error.
+    """
+    spring = Spring(module, config)
+    bar = tqdm(total=config.steps, disable=not progress, desc="SPRING")
+    fns: tuple = ()
+    try:
+        for step in step_indices(config.steps, config.max_seconds):
+            if step % config.resample_every == 0:
+                fns = make_batch_fns(step)
+            info = spring.step(*fns[:2])
+            bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
+            bar.update()
+    finally:
+        bar.close()
+        spring.copy_to(module)
+    return spring.history
