@@ -24,7 +24,7 @@ from pdesampler.losses.validate import validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
 from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
-from pdesampler.optim.gauss_newton import per_point_jacobian
+from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
 
@@ -86,6 +86,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     validate: bool = True,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given.
 
@@ -108,6 +109,8 @@ def train(
         validate: first run the residual on a few points (:func:`validate_residual`), so that
             a residual torch.func cannot transform, a wrong term shape or broken dynamics fail
             at once with a clear message.
+        on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
+            (steps and seconds count from the start of that phase).
     """
     adam_cfg = build_config(AdamConfig, adam) or AdamConfig()
     gn_cfg = finetune_config(gn)
@@ -166,6 +169,7 @@ def train(
         state=state,
         progress=progress,
         on_checkpoint=extra,
+        on_step=on_step,
     )
     result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps > 0:
@@ -175,6 +179,7 @@ def train(
             residual,
             _gn_batches(residual, sampler, gn_batch_size or batch_size, gn_cfg),
             progress=progress,
+            on_step=on_step,
         )
         result.gn_seconds = time.perf_counter() - start
         result.gn_history = [asdict(info) for info in history]

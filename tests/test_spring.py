@@ -246,3 +246,22 @@ def test_train_runs_each_fine_tuner_on_a_float32_residual_without_warnings(gn):
     assert len(result.gn_history) == gn["steps"]
     assert all(h["accepted"] for h in result.gn_history if gn.get("method") == "spring")
     assert all(torch.isfinite(p).all() for p in residual.parameters())
+
+
+def test_on_step_sees_every_step_of_both_phases_with_the_current_parameters():
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 2})
+    seen = []
+
+    def hook(step, elapsed, params):
+        seen.append((step, elapsed, {k: v.detach().clone() for k, v in params.items()}))
+
+    gn = {"method": "spring", "steps": 3}
+    train(residual, adam={"steps": 4}, gn=gn, batch_size=32, progress=False, on_step=hook)
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 1, 2, 3]
+    assert all(e >= 0 for _, e, _ in seen)
+    final = dict(residual.named_parameters())
+    assert all(torch.equal(seen[-1][2][k], final[k].detach()) for k in final)
+    assert not torch.equal(
+        seen[3][2]["drift.net.trunk.input.weight"], seen[-1][2]["drift.net.trunk.input.weight"]
+    )

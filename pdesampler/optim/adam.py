@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pdesampler.optim.gauss_newton import StepHook
+
 __all__ = ["AdamConfig", "AdamResult", "NonFiniteLossError", "run_adam"]
 
 
@@ -77,6 +79,7 @@ def run_adam(
     state: dict | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[], dict] | None = None,
+    on_step: StepHook | None = None,
 ) -> AdamResult:
     """Minimize ``loss_fn(step)`` over ``model``'s parameters.
 
@@ -89,6 +92,8 @@ def run_adam(
         state: a checkpoint dictionary to resume from.
         progress: show a tqdm bar with the loss and the learning rate.
         on_checkpoint: returns extra state (e.g. random generators) to store in checkpoints.
+        on_step: called after every applied step with ``(steps, elapsed seconds, parameters)``
+            (for example to snapshot the model along the way; keep it cheap, its time counts).
 
     A non-finite loss or gradient skips the step; ``cfg.nan_patience`` consecutive skips raise
     :class:`NonFiniteLossError`.
@@ -151,6 +156,8 @@ def run_adam(
             row["seconds"] = time.perf_counter() - start
             result.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3e}", lr=f"{lr:.1e}")
+        if on_step is not None:
+            on_step(result.steps, time.perf_counter() - start, dict(model.named_parameters()))
         if cfg.checkpoint_every and result.steps % cfg.checkpoint_every == 0:
             save()
     bar.close()

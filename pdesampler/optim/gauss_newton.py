@@ -56,12 +56,16 @@ from tqdm.auto import tqdm
 Params = dict[str, Tensor]
 ResidualFn = Callable[[Params], Tensor]
 JacobianFn = Callable[[Params], Tensor]
+# ``on_step(steps, elapsed_seconds, parameters)``: called by the optimizers' run loops after
+# every step, for example to snapshot the model along the way.
+StepHook = Callable[[int, float, Mapping[str, Tensor]], None]
 
 __all__ = [
     "CGResult",
     "GaussNewton",
     "GaussNewtonConfig",
     "Linearization",
+    "StepHook",
     "StepInfo",
     "conjugate_gradient",
     "damped_direction_explicit",
@@ -635,6 +639,7 @@ def run_gauss_newton(
     make_batch_fns: Callable[[int], tuple[ResidualFn, JacobianFn | None]],
     config: GaussNewtonConfig,
     progress: bool = True,
+    on_step: StepHook | None = None,
 ) -> list[StepInfo]:
     """Run :class:`GaussNewton` on ``module`` for ``config.steps`` steps or ``config.max_seconds``.
 
@@ -643,13 +648,17 @@ def run_gauss_newton(
     (``config.dtype``), for example
     ``lambda p: functional_call(residual, p, (x.to(dtype), t.to(dtype)))``. The accepted
     parameters are written back into ``module`` in their original dtypes at the end, also when
-    the run stops with an error. Returns the history of :class:`StepInfo`.
+    the run stops with an error. ``on_step`` (optional) sees the working parameters after each
+    step. Returns the history of :class:`StepInfo`.
     """
     gn = GaussNewton(module, config)
     bar = tqdm(total=config.steps, disable=not progress, desc="Gauss-Newton")
+    start = time.perf_counter()
     try:
         for step in step_indices(config.steps, config.max_seconds):
             info = gn.step(*make_batch_fns(step))
+            if on_step is not None:
+                on_step(step + 1, time.perf_counter() - start, gn.params)
             bar.set_postfix(
                 loss=f"{info.loss_after:.4e}", eta=f"{info.step_size:g}", cg=info.cg_iters
             )

@@ -42,6 +42,7 @@ from pdesampler.optim.gauss_newton import (
     JacobianFn,
     Params,
     ResidualFn,
+    StepHook,
     StepInfo,
     check_choices,
     conjugate_gradient,
@@ -265,22 +266,27 @@ def run_spring(
     make_batch_fns: Callable[[int], tuple],
     config: SpringConfig,
     progress: bool = True,
+    on_step: StepHook | None = None,
 ) -> list[StepInfo]:
     """Run :class:`Spring` on ``module`` for ``config.steps`` steps or ``config.max_seconds``.
 
     ``make_batch_fns(step)`` returns the closures of a batch, as for
     :func:`~pdesampler.optim.gauss_newton.run_gauss_newton`; it is called every
-    ``config.resample_every`` steps and the batch is reused in between. The parameters are
-    written back into ``module`` at the end, also when the run stops with an error.
+    ``config.resample_every`` steps and the batch is reused in between. ``on_step`` (optional)
+    sees the working parameters after each step. The parameters are written back into
+    ``module`` at the end, also when the run stops with an error.
     """
     spring = Spring(module, config)
     bar = tqdm(total=config.steps, disable=not progress, desc="SPRING")
     fns: tuple = ()
+    start = time.perf_counter()
     try:
         for step in step_indices(config.steps, config.max_seconds):
             if step % config.resample_every == 0:
                 fns = make_batch_fns(step)
             info = spring.step(*fns[:2])
+            if on_step is not None:
+                on_step(step + 1, time.perf_counter() - start, spring.params)
             bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
             bar.update()
     finally:
