@@ -134,7 +134,9 @@ def evaluate(
         for key in ("w2", "w2_floor", "energy_distance", "nll"):
             m[key] = None
             skipped[key] = "the target has no exact sampler"
-    if reference is not None and nll:
+    if reference is not None and nll and dynamics.flow_drift is None:
+        m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
+    elif reference is not None and nll:
         m["nll"] = _forward_nll(residual, reference[:n_nll], method, steps, estimator, batch_size)
         m["n_nll"] = min(n_nll, reference.shape[0])
     elif reference is not None:
