@@ -16,13 +16,18 @@ loss tends to :math:`-\\log Z` and the log-variance loss to 0 as the step shrink
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from test_cli import FAST, run_cli
 from torch import Tensor, nn
 
 from pdesampler.evaluate import evaluate
+from pdesampler.losses import BASELINES
 from pdesampler.losses.trajectory import (
     BrownianReference,
     TrajectoryLoss,
@@ -30,6 +35,7 @@ from pdesampler.losses.trajectory import (
     pis_kl,
     pis_lv,
 )
+from pdesampler.published import published_row
 from pdesampler.sampling import sample
 from pdesampler.targets import Gaussian
 from pdesampler.train import train
@@ -160,3 +166,33 @@ def test_training_pis_lv_reaches_the_target_and_evaluate_reports_path_weights():
 def test_bad_settings_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrajectoryLoss(_target(), BrownianReference(DIM), nn.Linear(1, 1), **kwargs)
+
+
+def test_cli_run_of_a_baseline_and_gauss_newton_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_cli("target=gaussian", "loss=dis_lv", "loss.steps=5", *FAST, f"out_dir={out}")
+    data = json.loads((out / "metrics.json").read_text())
+    for key in ("loss", "dlogZ", "ess", "w2", "dstd", "sec_per_it"):
+        assert math.isfinite(data[key]), key
+    assert data["nll"] is None and data["gn_steps"] == 0
+    proc = run_cli("loss=pis_kl", "optim=adam_gn", *FAST, f"out_dir={tmp_path / 'gn'}", check=False)
+    assert proc.returncode != 0
+    assert "Gauss-Newton does not apply to the trajectory baseline" in proc.stderr
+
+
+def test_suites_run_every_baseline_beside_its_published_row() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs" / "suite"
+    problems = {"gmm9": "GMM d=2", "mw5": "MW 5/5/4", "mw50": "MW 50/5/2"}
+    expected = {
+        "paper": {(t, m) for t in problems for m in BASELINES},
+        "quick": {(t, m) for t in ("gmm9", "mw5") for m in ("pis_lv", "dis_lv")},
+    }
+    for suite, want in expected.items():
+        runs = OmegaConf.load(root / f"{suite}.yaml").suite.runs
+        found = {(r.name.split("_", 1)[0], r.method) for r in runs if r.method in BASELINES}
+        assert found == want, suite
+        for run in (r for r in runs if r.method in BASELINES):
+            assert f"loss={run.method}" in run.overrides
+            row = published_row(run.paper.table, run.paper.problem, run.paper.method)
+            assert run.paper.problem == problems[run.name.split("_", 1)[0]]
+            assert set(row) == {"dlogZ", "w2", "ess", "dstd", "sec_per_it"}
