@@ -18,10 +18,10 @@ Radon-Nikodym derivative (the importance weight of a path) is
     + \\sum_{k=0}^{K-1} \\big[\\log b_k(X_k | X_{k+1}) - \\log f_k(X_{k+1} | X_k)\\big],
 
 and :math:`\\mathbb E[w] = Z` exactly, for any control and any step count. Its Euler-Maruyama
-limit is the BSDE loss [S62] (Prop. 3.1, App. A of Sun et al.): for DIS the kernel ratio gives
-:math:`\\int (\\mathrm{div}(-f) + \\tfrac12|u|^2)\\,dt + \\int u\\cdot dW`, for PIS
-:math:`\\int \\tfrac12|u|^2\\,dt + \\int u\\cdot dW` with the terminal cost
-:math:`\\log p^{ref}_T - \\log\\rho`. The losses are
+limit is the on-policy BSDE residual [S62] (Prop. 3.1, App. A of Sun et al.),
+:math:`\\log w = \\log\\rho(X_T) - \\log p_{prior}(X_0) + \\int_0^T (\\mathrm{div}(-f) -
+\\tfrac12|u|^2)\\,dt - \\int_0^T u\\cdot dW`; for PIS :math:`f = 0` and
+:math:`\\log p^{ref}_T(X_T)` replaces :math:`\\log p_{prior}(X_0)`. The losses are
 
 * ``kl``: :math:`\\mathbb E[-\\log w]` on reparametrized paths (gradients through the path),
   which is :math:`\\mathrm{KL}(Q^u\\,\\|\\,P^*) - \\log Z \\ge -\\log Z`;
