@@ -16,6 +16,7 @@ from torch import Tensor
 
 from pdesampler import metrics
 from pdesampler.losses.base import Residual
+from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.ops import Exact, Hutchinson
 from pdesampler.sampling import SamplingOutput, log_density, sample
 
@@ -45,7 +46,7 @@ def exact_samples(target, n: int, generator: torch.Generator) -> Tensor | None:
 
 
 def evaluate(
-    residual: Residual,
+    residual: Residual | TrajectoryLoss,
     *,
     n_samples: int = 10_000,
     seed: int = 0,

@@ -159,6 +159,17 @@ def test_training_pis_lv_reaches_the_target_and_evaluate_reports_path_weights():
     assert result.summary()["steps"] == 100 and math.isfinite(result.final_loss)
 
 
+def test_finished_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    kw = {"adam": {"steps": 6, "checkpoint_every": 3}, "batch_size": 32, "progress": False}
+    loss = pis_lv(_target(), net={"width": 8, "depth": 1}, steps=5)
+    first = train(loss, checkpoint_dir=tmp_path, **kw)
+    again = pis_lv(_target(), net={"width": 8, "depth": 1}, steps=5)
+    second = train(again, checkpoint_dir=tmp_path, **kw)
+    assert second.final_loss == first.final_loss and second.adam.steps == 6
+    for a, b in zip(loss.parameters(), again.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"divergence": "l2"}, "unknown divergence"), ({"steps": 0}, "steps must be >= 1")],
