@@ -16,6 +16,7 @@ from torch import Tensor
 
 from pdesampler import metrics
 from pdesampler.losses.base import Residual
+from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.ops import Exact, Hutchinson
 from pdesampler.sampling import SamplingOutput, log_density, sample
 
@@ -45,7 +46,7 @@ def exact_samples(target, n: int, generator: torch.Generator) -> Tensor | None:
 
 
 def evaluate(
-    residual: Residual,
+    residual: Residual | TrajectoryLoss,
     *,
     n_samples: int = 10_000,
     seed: int = 0,
@@ -134,7 +135,9 @@ def evaluate(
         for key in ("w2", "w2_floor", "energy_distance", "nll"):
             m[key] = None
             skipped[key] = "the target has no exact sampler"
-    if reference is not None and nll:
+    if reference is not None and nll and dynamics.flow_drift is None:
+        m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
+    elif reference is not None and nll:
         m["nll"] = _forward_nll(residual, reference[:n_nll], method, steps, estimator, batch_size)
         m["n_nll"] = min(n_nll, reference.shape[0])
     elif reference is not None:

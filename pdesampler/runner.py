@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.evaluate import evaluate
 from pdesampler.losses.base import Residual
+from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.plots import plot_marginals, plot_trajectories
@@ -94,7 +95,7 @@ def _box_points(target, n: int, generator: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, target.dim, generator=generator, dtype=torch.float64)
 
 
-def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual:
+def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual | TrajectoryLoss:
     """The target and the residual of a config, on ``device`` in ``dtype``."""
     torch.manual_seed(int(cfg.seed))
     target = instantiate(cfg.target)
@@ -105,9 +106,10 @@ def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual
         chunk = auto_chunk_size(target.dim, int(cfg.net.width), device)
     estimator = make_estimator(cfg.trace, int(cfg.seed))
     residual = instantiate(cfg.loss, target=target, estimator=estimator, chunk_size=chunk)
-    if not isinstance(residual, Residual):
+    if not isinstance(residual, Residual | TrajectoryLoss):
         raise TypeError(
-            f"loss._target_ built a {type(residual).__name__}, not a pdesampler Residual"
+            f"loss._target_ built a {type(residual).__name__}, not a pdesampler Residual "
+            "or TrajectoryLoss"
         )
     return residual.to(device=device, dtype=dtype)
 

@@ -67,6 +67,7 @@ from torch.func import vmap
 from torchdiffeq import odeint
 
 from pdesampler.losses.base import Dynamics
+from pdesampler.losses.trajectory import path_log_ratio
 from pdesampler.ops import Exact, TraceEstimator, vector_jet
 from pdesampler.targets import Target
 
@@ -508,7 +509,11 @@ def sample_sde(
         n_saved: the number of evenly spaced states to return for plots.
 
     Returns:
-        A :class:`SampleResult` with ``log_q=None``.
+        A :class:`SampleResult` with ``log_q=None``, or for a trajectory baseline
+        (``dynamics.reference`` set) the path log-density ratio
+        :math:`\\log p_{prior}(X_0) + \\sum_k [\\log f_k - \\log b_k]`, so that
+        :math:`\\log\\rho(X_K) - \\log q` is the path-space log-weight
+        (:mod:`pdesampler.losses.trajectory`).
     """
     _check_count(n)
     dtype, device = resolve_dtype_device(dtype, device, module)
@@ -516,19 +521,25 @@ def sample_sde(
     grid = torch.linspace(dynamics.t0, dynamics.t1, steps + 1, dtype=dtype, device=device)
     x0 = _draw_prior(dynamics.prior, n, generator, dtype, device)
     drift = vmap(dynamics.drift)
+    reference = dynamics.reference
+    log_q = _prior_log_prob(dynamics.prior, x0) if reference is not None else None
     x, saved = x0.clone(), [x0.clone()] if 0 in save_indices else []
     for k in range(steps):
         t, dt = grid[k], grid[k + 1] - grid[k]
         noise = torch.randn(n, x.shape[1], generator=generator, dtype=dtype).to(device)
-        scale = dynamics.diffusion(t) * dt.abs().sqrt()
+        scaled_noise = dynamics.diffusion(t) * dt.abs().sqrt() * noise
         for sl in _batches(n, batch_size):
             x_b = x[sl]
-            x[sl] = x_b + drift(x_b, t.expand(x_b.shape[0]).contiguous()) * dt + scale * noise[sl]
+            x_next = x_b + drift(x_b, t.expand(x_b.shape[0]).contiguous()) * dt + scaled_noise[sl]
+            if reference is not None:
+                ratio = path_log_ratio(reference, x_b, x_next, scaled_noise[sl], t, grid[k + 1])
+                log_q[sl] -= ratio
+            x[sl] = x_next
         if k + 1 in save_indices:
             saved.append(x.clone())
     if not save_indices:
-        return SampleResult(x, None, x0)
-    return SampleResult(x, None, x0, torch.stack(saved), grid[save_indices])
+        return SampleResult(x, log_q, x0)
+    return SampleResult(x, log_q, x0, torch.stack(saved), grid[save_indices])
 
 
 def sample(
@@ -556,6 +567,9 @@ def sample(
     * SDE: :func:`sample_sde` (``sde_steps`` Euler-Maruyama steps) gives ``samples``; a separate
       :func:`sample_ode` run of the probability-flow drift [S66] gives ``flow_samples`` and
       ``flow_log_q``. Both draw from ``generator`` in turn (SDE first), so they are independent.
+    * Trajectory baseline (``dynamics.reference`` set): the SDE samples are also the flow
+      samples, and ``flow_log_q`` is their path log-density ratio, so that the log-weights are
+      the exact path-space Radon-Nikodym derivative (:mod:`pdesampler.losses.trajectory`).
 
     See :class:`SamplingOutput` for which metric uses which field. The arguments are those of
     :func:`sample_ode` and :func:`sample_sde`; ``n_saved`` states are kept of the process that
@@ -574,5 +588,7 @@ def sample(
         res = sample_ode(dynamics, n, generator=generator, n_saved=n_saved, **ode, **common)
         return SamplingOutput(res.x, res.x, res.log_q, False, res.trajectory, res.times)
     sde = sample_sde(dynamics, n, generator=generator, steps=sde_steps, n_saved=n_saved, **common)
+    if dynamics.reference is not None:  # path-space weights of the SDE samples themselves
+        return SamplingOutput(sde.x, sde.x, sde.log_q, True, sde.trajectory, sde.times)
     flow = sample_ode(dynamics, n, generator=generator, **ode, **common)
     return SamplingOutput(sde.x, flow.x, flow.log_q, True, sde.trajectory, sde.times)

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
+from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
@@ -72,7 +73,7 @@ def collocation_loss(residual: Residual, sampler: CollocationSampler, n: int) ->
 
 
 def train(
-    residual: Residual,
+    residual: Residual | TrajectoryLoss,
     *,
     adam: AdamConfig | Mapping | None = None,
     gn: FinetuneConfig | Mapping | None = None,
@@ -88,7 +89,9 @@ def train(
     validate: bool = True,
     on_step: StepHook | None = None,
 ) -> TrainResult:
-    """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given.
+    """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given. A
+    trajectory baseline (:class:`TrajectoryLoss`) trains with Adam on simulated paths and
+    refuses a fine-tuner.
 
     Args:
         residual: any :class:`Residual` (its parameters' dtype and device are used).
@@ -114,6 +117,10 @@ def train(
     """
     adam_cfg = build_config(AdamConfig, adam) or AdamConfig()
     gn_cfg = finetune_config(gn)
+    if isinstance(residual, TrajectoryLoss):
+        return _train_trajectory(
+            residual, adam_cfg, gn_cfg, batch_size, seed, max_seconds, checkpoint_dir, progress
+        )
     if max_seconds is not None:
         share = gn_time_fraction if gn_cfg is not None else 0.0
         adam_cfg.max_seconds = max_seconds * (1 - share)
@@ -193,6 +200,58 @@ def train(
             final_loss=result.final_loss,
         )
         torch.save(payload, path)
+    return result
+
+
+def _train_trajectory(
+    loss: TrajectoryLoss,
+    adam_cfg: AdamConfig,
+    gn_cfg: FinetuneConfig | None,
+    batch_size: int,
+    seed: int,
+    max_seconds: float | None,
+    checkpoint_dir: str | Path | None,
+    progress: bool,
+) -> TrainResult:
+    """Adam on :meth:`TrajectoryLoss.path_loss` with ``batch_size`` fresh paths per step (the
+    seed drives the Brownian increments); checkpoints and resume as for a residual."""
+    if gn_cfg is not None and gn_cfg.steps > 0:
+        raise ValueError(
+            f"Gauss-Newton does not apply to the trajectory baseline {type(loss).__name__} "
+            f"({loss.divergence}): its loss is an expectation over simulated paths, not a "
+            "least-squares residual; use optim=adam"
+        )
+    if max_seconds is not None:
+        adam_cfg.max_seconds = max_seconds
+    generator = torch.Generator().manual_seed(seed)
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    state = torch.load(path, weights_only=False) if path is not None and path.exists() else None
+    if state is not None:
+        generator.set_state(state["extra"]["generator"])
+    if state is not None and state["extra"].get("phase") == "done":
+        loss.load_state_dict(state["model"])
+        return TrainResult(AdamResult(**state["result"]), final_loss=state["extra"]["final_loss"])
+
+    def extra(phase: str = "adam", **more) -> dict:
+        return {"generator": generator.get_state(), "phase": phase, **more}
+
+    loss.train()
+    result = TrainResult(
+        run_adam(
+            loss,
+            lambda step: loss.path_loss(batch_size, generator),
+            adam_cfg,
+            checkpoint=path,
+            state=state,
+            progress=progress,
+            on_checkpoint=extra,
+        )
+    )
+    with torch.no_grad():
+        result.final_loss = float(loss.path_loss(batch_size, generator)[0])
+    if path is not None:
+        payload = {"model": loss.state_dict(), "result": asdict(result.adam)}
+        torch.save({**payload, "extra": extra("done", final_loss=result.final_loss)}, path)
     return result
 
 

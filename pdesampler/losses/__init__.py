@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from pdesampler.losses.base import Dynamics, Residual, ResidualShapeError
 from pdesampler.losses.boltzmann import gradflow, learned, linear
+from pdesampler.losses.trajectory import TrajectoryLoss, dis_kl, dis_lv, pis_kl, pis_lv
 from pdesampler.losses.transport import (
     TransportResidual,
     logce,
@@ -36,6 +37,14 @@ CATALOGUE: dict[str, Callable[..., Residual]] = {
     "gradflow": gradflow,
 }
 
+BASELINES: dict[str, Callable[..., TrajectoryLoss]] = {
+    "pis_kl": pis_kl,
+    "pis_lv": pis_lv,
+    "dis_kl": dis_kl,
+    "dis_lv": dis_lv,
+}
+"""The trajectory baselines of Sun et al. Table 2 (PIS, DIS; KL and log-variance losses)."""
+
 
 def make_loss(name: str, target: Target, **kwargs) -> Residual:
     """Build the catalogue entry ``name`` for ``target`` (keyword arguments go to its builder)."""
@@ -45,14 +54,17 @@ def make_loss(name: str, target: Target, **kwargs) -> Residual:
 
 
 __all__ = [
+    "BASELINES",
     "CATALOGUE",
     "Dynamics",
     "Residual",
     "ResidualShapeError",
     "ResidualValidationError",
+    "TrajectoryLoss",
     "TransportResidual",
     "make_loss",
     "validate_residual",
     "validate_target",
     *CATALOGUE,
+    *BASELINES,
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from pdesampler.targets import Target
 
 PointFn = Callable[[Tensor, Tensor], Tensor]
 
-__all__ = ["Dynamics", "Residual", "ResidualShapeError"]
+__all__ = ["Dynamics", "PathReference", "Residual", "ResidualShapeError"]
 
 
 class ResidualShapeError(ValueError):
@@ -38,6 +39,15 @@ class ResidualShapeError(ValueError):
 
 def _zero_diffusion(t: Tensor) -> Tensor:
     return torch.zeros_like(t)
+
+
+class PathReference(Protocol):
+    """The reference process of a trajectory baseline: its diffusion and the log-density of its
+    backward transition :math:`x_{k+1} \\to x_k` on a batch, ``(N, d), (N, d), (), () -> (N,)``."""
+
+    def diffusion(self, t: Tensor) -> Tensor: ...
+
+    def log_backward(self, x: Tensor, x_next: Tensor, t: Tensor, t_next: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -59,6 +69,10 @@ class Dynamics:
         flow_jet: optional ``(x, t, probes) -> VectorJet`` of ``flow_drift`` with its exact
             divergence, computed faster than generic autodiff (the samplers use it with exact
             traces).
+        reference: for a trajectory baseline (:mod:`pdesampler.losses.trajectory`), the
+            reference process whose backward kernels ``log_backward(x_k, x_{k+1}, t_k,
+            t_{k+1})`` give the path-space importance weights of the Euler-Maruyama samples;
+            such dynamics need no ``flow_drift``.
     """
 
     drift: PointFn
@@ -69,9 +83,10 @@ class Dynamics:
     flow_drift: PointFn | None = None
     stochastic: bool = False
     flow_jet: Callable[[Tensor, Tensor, Tensor], VectorJet] | None = None
+    reference: PathReference | None = None
 
     def __post_init__(self) -> None:
-        if self.flow_drift is None:
+        if self.flow_drift is None and self.reference is None:
             if self.stochastic:
                 raise ValueError("a stochastic Dynamics needs flow_drift for its likelihoods")
             self.flow_drift = self.drift
