@@ -20,9 +20,9 @@ from torch.func import functional_call
 
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
-from pdesampler.losses.validate import validate_residual
+from pdesampler.losses.validate import non_finite_log_prob, validate_residual
 from pdesampler.ops import Exact
-from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
+from pdesampler.optim.adam import AdamConfig, AdamResult, NonFiniteLossError, run_adam
 from pdesampler.optim.gauss_newton import GaussNewtonConfig, per_point_jacobian, run_gauss_newton
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
@@ -156,24 +156,30 @@ def train(
             extra_state["final_loss"],
         )
 
+    last_batch: list[Tensor] = []
+
     def loss_fn(step: int):
         sampler.update(step)
         x, t = sampler(batch_size)
+        last_batch[:] = [x]
         return residual.loss(x, t)
 
     def extra(phase: str = "adam", **more) -> dict:
         return {"generator": sampler.generator.get_state(), "phase": phase, **more}
 
     residual.train()
-    adam_result = run_adam(
-        residual,
-        loss_fn,
-        adam_cfg,
-        checkpoint=path,
-        state=state,
-        progress=progress,
-        on_checkpoint=extra,
-    )
+    try:
+        adam_result = run_adam(
+            residual,
+            loss_fn,
+            adam_cfg,
+            checkpoint=path,
+            state=state,
+            progress=progress,
+            on_checkpoint=extra,
+        )
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{err}{_blame(residual.target, last_batch[0])}") from err
     result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps > 0:
         start = time.perf_counter()
@@ -196,6 +202,16 @@ def train(
         )
         torch.save(payload, path)
     return result
+
+
+def _blame(target, x: Tensor) -> str:
+    """Why the last collocation batch ``x`` may have given a non-finite loss: NaN/Inf points,
+    or a target log-density that is not finite there ("" when neither)."""
+    bad_rows = int((~torch.isfinite(x).all(1)).sum())
+    if bad_rows:
+        return f"; the collocation batch has {bad_rows} of {len(x)} NaN/Inf points"
+    problem = non_finite_log_prob(target, x.detach())
+    return f"; the target is the cause: {problem} of the last batch" if problem else ""
 
 
 def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: GaussNewtonConfig):
