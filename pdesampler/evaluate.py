@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from pdesampler import metrics
+from pdesampler.checks import POSITIVE, POSITIVE_INT, check
 from pdesampler.losses.base import Residual
 from pdesampler.ops import Exact, Hutchinson
 from pdesampler.sampling import SamplingOutput, log_density, sample
@@ -71,6 +72,17 @@ def evaluate(
     estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
     (forward NLL on exact samples, by the backward ODE) and ``cross_entropy``.
     """
+    for key, value in {
+        "n_samples": n_samples,
+        "steps": steps,
+        "sde_steps": sde_steps,
+        "batch_size": batch_size,
+        "sinkhorn_max_samples": sinkhorn_max_samples,
+        "energy_batch": energy_batch,
+        "n_nll": n_nll,
+    }.items():
+        check(key, value, POSITIVE_INT)
+    check("sinkhorn_blur", sinkhorn_blur, POSITIVE)
     target = residual.target
     generator = torch.Generator().manual_seed(seed)
     estimator = Exact() if trace == "exact" else Hutchinson(1, generator=generator)

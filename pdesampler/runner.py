@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pdesampler.checks import check_config
 from pdesampler.evaluate import evaluate
 from pdesampler.losses.base import Residual
 from pdesampler.losses.validate import validate_target
@@ -111,6 +112,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     A run whose ``metrics.json`` is complete is not redone; an interrupted run resumes from
     its ``checkpoint.pt``.
     """
+    check_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_complete(out):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
 from pdesampler.losses.validate import non_finite_log_prob, validate_residual
@@ -117,6 +118,11 @@ def train(
             a residual torch.func cannot transform, a wrong term shape or broken dynamics fail
             at once with a clear message.
     """
+    check("batch_size", batch_size, POSITIVE_INT)
+    check("max_seconds", max_seconds, POSITIVE_OR_NONE)
+    check("gn_time_fraction", gn_time_fraction, FRACTION)
+    if gn_batch_size is not None:
+        check("gn_batch_size", gn_batch_size, POSITIVE_INT)
     adam_cfg = _config(AdamConfig, adam) or AdamConfig()
     gn_cfg = _config(GaussNewtonConfig, gn)
     if max_seconds is not None:

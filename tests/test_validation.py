@@ -1,18 +1,28 @@
-"""Targets whose log-density is not finite on the collocation box fail in one line that names a
-point and the value, before training (a dense probe of the box) or, when validation is skipped,
-at the first non-finite Adam loss."""
+"""Inputs that make no sense fail in one line (issue 12).
+
+Targets whose log-density is not finite on the collocation box are named with a point and the
+value, before training (a dense probe of the box) or, when validation is skipped, at the first
+non-finite Adam loss. Numeric settings are checked where the config is read, naming the key."""
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
 from torch import Tensor
 
-from pdesampler import train
-from pdesampler.losses import ResidualValidationError, logce, validate_target
+from pdesampler import evaluate, train
+from pdesampler.losses import ResidualValidationError, logce, score, validate_target
 from pdesampler.optim.adam import NonFiniteLossError
+from pdesampler.runner import run_experiment
+from pdesampler.targets import Gaussian
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NET = {"width": 8, "depth": 1}
 
@@ -84,3 +94,62 @@ def test_non_finite_loss_names_the_target_as_cause() -> None:
     assert "3 consecutive non-finite losses" in message
     assert "the target is the cause: HalfNaN.log_prob is not finite at" in message
     assert "= nan of the last batch" in message
+
+
+# ---------------------------------------------------------------------------- numeric settings
+def compose(*overrides: str):
+    """The resolved run config of ``benchmarks/run.py`` with ``overrides``."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose_config("config", overrides=[*overrides, "out_dir=unused"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("batch_size=-5", "batch_size must be a positive integer, got -5"),
+        ("sampler.steps=0", "sampler.steps must be a positive integer, got 0"),
+        ("optim.max_seconds=-1", "optim.max_seconds must be a number > 0 or null, got -1"),
+        ("optim.lr=-0.001", "optim.lr must be a number > 0, got -0.001"),
+        ("optim.steps=-3", "optim.steps must be an integer >= 0, got -3"),
+        ("eval.sinkhorn_max_samples=0", "eval.sinkhorn_max_samples must be a positive integer"),
+        ("prior_std=0", "prior_std must be a number > 0, got 0"),
+        ("prior_std=-1.5", "prior_std must be a number > 0, got -1.5"),
+        ("optim=adam_gn optim.gn.time_fraction=1.5", "optim.gn.time_fraction must be a number"),
+        ("batch_size=true", "batch_size must be a positive integer, got True"),
+    ],
+)
+def test_bad_numeric_settings_are_named_where_the_config_is_read(tmp_path, override, message):
+    cfg = compose(*override.split())
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        run_experiment(cfg, tmp_path)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing was built or written
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": -5}, "batch_size must be a positive integer, got -5"),
+        ({"max_seconds": -1}, "max_seconds must be a number > 0 or null, got -1"),
+        ({"adam": {"lr": -1.0}}, "lr must be a number > 0, got -1.0"),
+        ({"adam": {"steps": -2}}, "steps must be an integer >= 0, got -2"),
+    ],
+)
+def test_bad_train_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(logce(Gaussian(mean=0.0, std=1.0, dim=2), net=NET), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("key", ["n_samples", "steps", "sinkhorn_max_samples", "batch_size"])
+def test_bad_evaluate_arguments_are_named(key):
+    with pytest.raises(ValueError, match=f"^{key} must be a positive integer, got 0$"):
+        evaluate(logce(Gaussian(mean=0.0, std=1.0, dim=2), net=NET), **{key: 0})
+
+
+def test_score_refuses_a_prior_other_than_the_vp_sdes_stationary_law():
+    target = Gaussian(mean=0.0, std=1.0, dim=2)
+    with pytest.raises(ValueError, match=r"score needs prior_std=1, got 2\.0"):
+        score(target, net=NET, prior_std=2.0)
+    assert score(target, net=NET, prior_std=1.0).prior.std == pytest.approx(1.0)
