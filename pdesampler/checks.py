@@ -19,6 +19,7 @@ __all__ = [
     "NON_NEGATIVE_INT",
     "POSITIVE",
     "POSITIVE_INT",
+    "POSITIVE_INT_OR_NONE",
     "POSITIVE_OR_NONE",
     "RUN_RULES",
     "check",
@@ -40,6 +41,10 @@ POSITIVE_INT: Rule = ("a positive integer", lambda v: _integer(v) and v > 0)
 NON_NEGATIVE_INT: Rule = ("an integer >= 0", lambda v: _integer(v) and v >= 0)
 POSITIVE: Rule = ("a number > 0", lambda v: _number(v) and v > 0)
 POSITIVE_OR_NONE: Rule = ("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0))
+POSITIVE_INT_OR_NONE: Rule = (
+    "a positive integer or null",
+    lambda v: v is None or POSITIVE_INT[1](v),
+)
 FRACTION: Rule = ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
 
 #: The numeric keys of a run config (``configs/config.yaml`` and its groups). Keys a config
@@ -47,6 +52,7 @@ FRACTION: Rule = ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
 RUN_RULES: dict[str, Rule] = {
     "batch_size": POSITIVE_INT,
     "prior_std": POSITIVE,
+    "threads": POSITIVE_INT_OR_NONE,
     "trace.n_probes": POSITIVE_INT,
     "optim.steps": NON_NEGATIVE_INT,
     "optim.lr": POSITIVE,

@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.checks import check_config
 from pdesampler.evaluate import evaluate
+from pdesampler.launch import run_lock
 from pdesampler.losses.base import Residual
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.plots import plot_marginals, plot_trajectories
-from pdesampler.train import train
+from pdesampler.train import CHECKPOINT, train
 
 __all__ = ["METRICS_FILE", "REQUIRED_METRICS", "is_complete", "resolve_device", "run_experiment"]
 
@@ -110,13 +111,23 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate the run described by ``cfg``, writing everything into ``out_dir``.
 
     A run whose ``metrics.json`` is complete is not redone; an interrupted run resumes from
-    its ``checkpoint.pt``.
+    its ``checkpoint.pt``. The run holds ``out_dir``'s lock (:func:`launch.run_lock`) throughout,
+    so a second process on the same directory fails at once with :class:`RunLockedError`.
     """
     check_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _run_locked(cfg, out)
+
+
+def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if is_complete(out):
         return json.loads((out / METRICS_FILE).read_text())
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
+    if (out / CHECKPOINT).exists():
+        print(f"resuming from {out / CHECKPOINT}", flush=True)
     device = resolve_device(str(cfg.device))
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.dtype))
     if dtype is None:
@@ -173,6 +184,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "loss_name": str(cfg.loss._target_),
         "device": str(device),
         "seed": int(cfg.seed),
+        "threads": torch.get_num_threads(),
     }
     keep = {"samples": report.output.samples[:5000].float().cpu()}
     if report.reference is not None:
