@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, default=str))
+def write_text(path: Path, text: str) -> None:
+    """Write atomically: a temporary file of this process, then a rename, so that readers and
+    concurrent writers (two suites collecting one results directory) never see half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (:func:`write_text`); NaN and Inf become ``null``."""
+    write_text(path, json.dumps(_clean(data), indent=2, default=str))
 
 
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:

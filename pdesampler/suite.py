@@ -11,6 +11,7 @@ time, or as SLURM jobs (:mod:`pdesampler.launch`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ from pdesampler.checks import POSITIVE_INT, check
 from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_all
 from pdesampler.plots import plot_marginal_grid, plot_metric_summary
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
-from pdesampler.runner import METRICS_FILE, is_complete, write_json
+from pdesampler.runner import METRICS_FILE, is_complete, write_json, write_text
 
 __all__ = ["collect", "run_suite", "table_markdown"]
 
@@ -167,10 +168,11 @@ def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str
     """``results.csv``, ``results.json``, ``table.md`` and ``figures/``; prints the table."""
     write_json(root / "results.json", rows)
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("paper_"), k))
-    with (root / "results.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(root / "results.csv", csv_text.getvalue())
     metrics = list(suite.get("table_metrics", SUMMARY_METRICS))
     sections = []
     for table in dict.fromkeys(row["table"] for row in rows):
@@ -183,7 +185,7 @@ def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str
         f"{time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
     )
     text = intro + "\n\n" + "\n\n".join(sections) + "\n"
-    (root / "table.md").write_text(text)
+    write_text(root / "table.md", text)
     print("\n" + text)
     if rows:
         _suite_figures(suite, root, rows, metrics)

@@ -216,8 +216,8 @@ def _blame(target, x: Tensor) -> str:
     bad_rows = int((~torch.isfinite(x).all(1)).sum())
     if bad_rows:
         return f"; the collocation batch has {bad_rows} of {len(x)} NaN/Inf points"
-    problem = non_finite_log_prob(target, x.detach())
-    return f"; the target is the cause: {problem} of the last batch" if problem else ""
+    problem = non_finite_log_prob(target, x.detach(), "of the last collocation batch")
+    return f"; the target is the cause: {problem}" if problem else ""
 
 
 def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: GaussNewtonConfig):

@@ -102,13 +102,13 @@ def validate_target(target, n_probe: int = N_PROBE, like: Tensor | None = None) 
             f"{name}.log_prob returned shape {tuple(values.shape)} for {tuple(x.shape)} points; "
             f"expected ({n_probe},)"
         )
-    problem = non_finite_log_prob(target, x, values)
+    problem = non_finite_log_prob(target, x, "of its box", values)
     if problem is not None:
-        raise ResidualValidationError(f"{problem} of its box; {FINITE_DENSITY}")
+        raise ResidualValidationError(f"{problem}; {FINITE_DENSITY}")
 
 
-def non_finite_log_prob(target, x: Tensor, values: Tensor | None = None) -> str | None:
-    """``"<Target>.log_prob is not finite at k of n points ..., e.g. log_prob([...]) = nan"``
+def non_finite_log_prob(target, x: Tensor, where: str, values: Tensor | None = None) -> str | None:
+    """``"<Target>.log_prob is not finite at k of n points <where>, e.g. log_prob([...]) = nan"``
     when ``log_prob`` is NaN or infinite at some of the points ``x``; ``None`` otherwise."""
     if values is None:
         with torch.no_grad():
@@ -119,7 +119,7 @@ def non_finite_log_prob(target, x: Tensor, values: Tensor | None = None) -> str 
     i = int(bad.nonzero()[0, 0])
     return (
         f"{type(target).__name__}.log_prob is not finite at {int(bad.sum())} of {len(values)} "
-        f"points, e.g. log_prob({[round(v, 4) for v in x[i].tolist()]}) = {values[i].item()}"
+        f"points {where}, e.g. log_prob({[round(v, 4) for v in x[i].tolist()]}) = {values[i].item()}"
     )
 
 
