@@ -171,7 +171,7 @@ def launch_all(
         try:
             outcome[name] = future.result()
         except Exception as err:  # a submitit job that died (timeout, node failure, ...)
-            outcome[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if err.args else ''}"
+            outcome[name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
     if isinstance(executor, ThreadPoolExecutor):
         executor.shutdown()
     return outcome
