@@ -3,8 +3,8 @@
     python benchmarks/bench_gn.py                                  # GMM-9, MW 5/5/4, GMM-9 logFP
     python benchmarks/bench_gn.py --problems gmm9 --arm-seconds 60 --arms adam spring
 
-For each problem: train Adam from scratch for ``--plateau-seconds`` (saved, and reused by later
-runs with the same settings), then continue from that same checkpoint, with the same collocation
+For each problem: train Adam from scratch for ``--plateau-steps`` (lr 5e-3 decayed to 1e-4,
+batch 1024; about 240 s on 2 idle cores; saved, and reused by later runs with the same settings), then continue from that same checkpoint, with the same collocation
 seed, for ``--arm-seconds`` more in each arm:
 
 - ``adam``: continued Adam, one run per learning rate of ``--adam-lrs`` (decayed 30x over the
@@ -147,22 +147,23 @@ def sample_metrics(residual, n: int, seed: int, full: bool = True) -> dict:
 
 
 def plateau(args, name: str, problem: dict) -> dict:
-    """The Adam plateau's state dict, trained once and cached under results/."""
-    path = RESULTS / "bench_gn" / f"{name}_w{args.width}_s{args.seed}_{args.plateau_seconds:g}s.pt"
+    """The Adam plateau (state dict, steps, seconds), trained once and cached under results/.
+    Its length is a step count, so that it does not depend on the load of the machine."""
+    path = RESULTS / "bench_gn" / f"{name}_w{args.width}_s{args.seed}_{args.plateau_steps}.pt"
     if path.exists():
         return torch.load(path)
     residual = build(problem, args.width, args.seed)
     result = train(
         residual,
-        adam={"steps": 10**8, "lr": 5e-3, "lr_final": 1e-4, "checkpoint_every": 0},
+        adam={"steps": args.plateau_steps, "lr": 5e-3, "lr_final": 1e-4, "checkpoint_every": 0},
         batch_size=1024,
         collocation=collocation(problem, residual, args.seed),
         seed=args.seed,
-        max_seconds=args.plateau_seconds,
         progress=not args.no_progress,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": residual.state_dict(), "adam_steps": result.adam.steps}
+    state["seconds"] = result.adam.seconds
     torch.save(state, path)
     return state
 
@@ -351,7 +352,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--arms", nargs="+", default=["adam", *ARMS], choices=["adam", *ARMS])
-    parser.add_argument("--plateau-seconds", type=float, default=240.0)
+    parser.add_argument("--plateau-steps", type=int, default=8000, help="Adam steps (batch 1024)")
     parser.add_argument("--arm-seconds", type=float, default=120.0)
     parser.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-4])
     parser.add_argument("--width", type=int, default=64)
@@ -377,7 +378,7 @@ def main() -> None:
         residual.load_state_dict(start_state["model"])
         batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
         start = {
-            "seconds": args.plateau_seconds, "adam_steps": start_state["adam_steps"],
+            "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
             "point": curve_point(args, residual, batches, 0.0, 0),
         }  # fmt: skip
         arms = {}

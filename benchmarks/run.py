@@ -12,6 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from pdesampler.launch import LOCKED_EXIT, RunLockedError, follow_parent
 from pdesampler.runner import run_experiment
 from pdesampler.suite import load_suite, run_suite
 
@@ -26,7 +27,12 @@ def main(cfg: DictConfig) -> None:
         base = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in _INHERITED]
         run_suite(load_suite(cfg), base)
         return
-    metrics = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    follow_parent()  # a run started by a suite dies with it
+    try:
+        metrics = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    except RunLockedError as err:
+        print(err, file=sys.stderr)
+        sys.exit(LOCKED_EXIT)
     keys = ("loss", "dlogZ", "ess", "w2", "dstd", "energy_distance", "nll", "train_seconds")
     print(" ".join(f"{k}={metrics.get(k)!r}" for k in keys if k in metrics))
 

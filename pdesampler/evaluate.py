@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from pdesampler import metrics
+from pdesampler.checks import POSITIVE, POSITIVE_INT, check
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.ops import Exact, Hutchinson
@@ -65,12 +66,24 @@ def evaluate(
     """Sample from ``residual``'s dynamics and compute the papers' metrics.
 
     Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
-    (importance sampling), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
+    (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
+    log-weight; :func:`metrics.importance_summary` gives them weight 0 out of N), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
     (:math:`|\\log Z_{ref} - \\mathrm{mean}\\log w|`), ``ess``, ``one_minus_ess``, ``w2``
     (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
     estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
     (forward NLL on exact samples, by the backward ODE) and ``cross_entropy``.
     """
+    for key, value in {
+        "n_samples": n_samples,
+        "steps": steps,
+        "sde_steps": sde_steps,
+        "batch_size": batch_size,
+        "sinkhorn_max_samples": sinkhorn_max_samples,
+        "energy_batch": energy_batch,
+        "n_nll": n_nll,
+    }.items():
+        check(key, value, POSITIVE_INT)
+    check("sinkhorn_blur", sinkhorn_blur, POSITIVE)
     target = residual.target
     generator = torch.Generator().manual_seed(seed)
     estimator = Exact() if trace == "exact" else Hutchinson(1, generator=generator)
@@ -99,23 +112,21 @@ def evaluate(
     skipped: dict[str, str] = {}
     m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
     m["log_z_learned"] = residual.log_z_estimate()
-    finite = torch.isfinite(log_w)
-    m["n_nonfinite"] = int((~finite).sum())
-    x = _finite_rows(x, m)
-    m["log_Z_lb"] = float(metrics.log_z_lower_bound(log_w[finite])) if finite.any() else None
-    m["log_Z_is"] = float(metrics.log_z_importance(log_w[finite])) if finite.any() else None
-    m["ess"] = float(metrics.effective_sample_size(log_w.nan_to_num(nan=-torch.inf)))
-    m["one_minus_ess"] = 1 - m["ess"]
+    failed = ~torch.isfinite(x).all(1)
+    m.update(metrics.importance_summary(log_w, failed))
+    x = _finite_rows(x, failed, m["n_nonfinite_samples"])
     log_Z, stddevs = getattr(target, "log_Z", None), getattr(target, "stddevs", None)
     if log_Z is None:
         for key in ("log_Z_ref", "dlogZ", "cross_entropy"):
             m[key], skipped[key] = None, "the target has no reference log Z"
     else:
         m["log_Z_ref"] = float(log_Z)
-        if m["log_Z_lb"] is None:
-            m["dlogZ"], skipped["dlogZ"] = None, "every log-weight is NaN/Inf"
-        else:
-            m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
+        m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
+        if m["n_nonfinite_samples"]:
+            skipped["dlogZ"] = (
+                f"{m['n_nonfinite_samples']} of {n_samples} samples failed (NaN/Inf, weight 0): "
+                "the lower bound log_Z_lb is -inf"
+            )
         if x is not None:
             m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
     if x is None:
@@ -146,19 +157,19 @@ def evaluate(
     return Evaluation(m, output, reference, skipped)
 
 
-def _finite_rows(x: Tensor, m: dict[str, Any]) -> Tensor | None:
-    """The model samples whose coordinates are all finite (``None`` if fewer than 2); their
-    count goes to ``m["n_nonfinite_samples"]`` and a warning is logged if any are dropped."""
-    good = torch.isfinite(x).all(1)
-    m["n_nonfinite_samples"] = int((~good).sum())
-    if m["n_nonfinite_samples"]:
+def _finite_rows(x: Tensor, bad_rows: Tensor, n_failed: int) -> Tensor | None:
+    """The model samples with finite coordinates (``None`` if fewer than 2); a warning is
+    logged if any sample failed (``n_failed``: bad rows or non-finite log-weights)."""
+    if n_failed:
         logger.warning(
-            "%d of %d model samples are NaN/Inf: dropped from dstd, w2, energy distance and "
-            "cross entropy (log Z and ESS count them as zero weight)",
-            m["n_nonfinite_samples"],
+            "%d of %d model samples failed (NaN/Inf sample or log-weight): log Z and ESS count "
+            "them as weight 0 out of N; the %d with NaN/Inf coordinates are dropped from dstd, "
+            "w2, energy distance and cross entropy",
+            n_failed,
             x.shape[0],
+            int(bad_rows.sum()),
         )
-    return x[good] if int(good.sum()) >= 2 else None
+    return x[~bad_rows] if int((~bad_rows).sum()) >= 2 else None
 
 
 def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_batch) -> dict:

@@ -32,6 +32,7 @@ __all__ = [
     "effective_sample_size",
     "energy_distance",
     "forward_nll",
+    "importance_summary",
     "log_weights",
     "log_z_importance",
     "log_z_lower_bound",
@@ -142,6 +143,47 @@ def log_z_importance(log_w: Tensor) -> float:
     """
     log_w = _as_log_w(log_w)
     return float(torch.logsumexp(log_w, 0)) - math.log(log_w.numel())
+
+
+def importance_summary(log_w: Tensor, failed: Tensor | None = None) -> dict[str, float | int]:
+    """The weight-based estimates of ``N`` samples some of which may have failed.
+
+    A failed sample (a NaN or :math:`\\pm\\infty` log-weight, or ``failed[i]`` true, e.g. a
+    sample whose coordinates diverged) gets weight 0 and still counts in ``N``:
+    :math:`\\log w_i \\leftarrow -\\infty`. Then
+
+    * ``log_Z_is`` :math:`= \\mathrm{LSE}_i(\\log w_i) - \\log N` (:func:`log_z_importance`):
+      :math:`\\frac1N\\sum_i w_i` stays unbiased for :math:`Z`, failures only lower it; it is
+      :math:`-\\infty` when every sample failed;
+    * ``log_Z_lb`` :math:`= \\mathrm{mean}_i \\log w_i` (:func:`log_z_lower_bound`): one failed
+      sample makes it :math:`-\\infty`, the only value that is still a bound;
+    * ``ess`` :math:`= (\\sum w)^2 / (N \\sum w^2)` (:func:`effective_sample_size`): 0 when every
+      sample failed.
+
+    Dropping failures instead would divide by :math:`N_{finite}` and bias ``log_Z_is`` high by
+    :math:`\\log(N / N_{finite})`.
+
+    Args:
+        log_w: log weights, shape ``(N,)``.
+        failed: optional ``(N,)`` boolean mask of samples that failed for another reason.
+
+    Returns:
+        ``log_Z_is``, ``log_Z_lb``, ``ess``, ``one_minus_ess`` and ``n_nonfinite_samples`` (the
+        number of failed samples).
+    """
+    log_w = torch.as_tensor(log_w).detach().to(torch.float64)
+    bad = ~torch.isfinite(log_w)
+    if failed is not None:
+        bad = bad | failed.to(bad.device)
+    log_w = log_w.masked_fill(bad, -math.inf)
+    ess = effective_sample_size(log_w)
+    return {
+        "log_Z_is": log_z_importance(log_w),
+        "log_Z_lb": log_z_lower_bound(log_w),
+        "ess": ess,
+        "one_minus_ess": 1 - ess,
+        "n_nonfinite_samples": int(bad.sum()),
+    }
 
 
 def delta_log_z(log_Z_ref: float | Tensor, estimate: float | Tensor) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pdesampler.checks import check_config
 from pdesampler.evaluate import evaluate
+from pdesampler.launch import run_lock
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.plots import plot_marginals, plot_trajectories
-from pdesampler.train import train
+from pdesampler.train import CHECKPOINT, train
 
 __all__ = ["METRICS_FILE", "REQUIRED_METRICS", "is_complete", "resolve_device", "run_experiment"]
 
@@ -72,35 +75,11 @@ def is_complete(run_dir: str | Path) -> bool:
     return all(key in data for key in REQUIRED_METRICS)
 
 
-def check_target(target, box_points: torch.Tensor) -> None:
-    """Fail early, in one line, when the target's log-density is not finite on its box."""
-    with torch.no_grad():
-        values = target.log_prob(box_points)
-    if values.shape != box_points.shape[:1]:
-        raise ValueError(
-            f"{type(target).__name__}.log_prob returned shape {tuple(values.shape)} for "
-            f"{tuple(box_points.shape)} points; expected ({box_points.shape[0]},)"
-        )
-    bad = ~torch.isfinite(values)
-    if bad.any():
-        x = box_points[bad.nonzero()[0, 0]].tolist()
-        raise ValueError(
-            f"{type(target).__name__}.log_prob is not finite at {int(bad.sum())} of "
-            f"{len(values)} points of its box, e.g. log_prob({x}) = {values[bad][0].item()}"
-        )
-
-
-def _box_points(target, n: int, generator: torch.Generator) -> torch.Tensor:
-    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in target.box)
-    return lo + (hi - lo) * torch.rand(n, target.dim, generator=generator, dtype=torch.float64)
-
-
 def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual | TrajectoryLoss:
     """The target and the residual of a config, on ``device`` in ``dtype``."""
     torch.manual_seed(int(cfg.seed))
     target = instantiate(cfg.target)
-    validate_target(target)  # dim, box and log_prob; log_Z, stddevs and sample are optional
-    check_target(target, _box_points(target, 1024, torch.Generator().manual_seed(int(cfg.seed))))
+    validate_target(target)  # dim, box, log_prob finite on the box; log_Z, stddevs, sample optional
     chunk = cfg.chunk_size
     if chunk == "auto":
         chunk = auto_chunk_size(target.dim, int(cfg.net.width), device)
@@ -124,23 +103,40 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, default=str))
+def write_text(path: Path, text: str) -> None:
+    """Write atomically: a temporary file of this process, then a rename, so that readers and
+    concurrent writers (two suites collecting one results directory) never see half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (:func:`write_text`); NaN and Inf become ``null``."""
+    write_text(path, json.dumps(_clean(data), indent=2, default=str))
 
 
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate the run described by ``cfg``, writing everything into ``out_dir``.
 
     A run whose ``metrics.json`` is complete is not redone; an interrupted run resumes from
-    its ``checkpoint.pt``.
+    its ``checkpoint.pt``. The run holds ``out_dir``'s lock (:func:`launch.run_lock`) throughout,
+    so a second process on the same directory fails at once with :class:`RunLockedError`.
     """
+    check_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _run_locked(cfg, out)
+
+
+def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if is_complete(out):
         return json.loads((out / METRICS_FILE).read_text())
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
+    if (out / CHECKPOINT).exists():
+        print(f"resuming from {out / CHECKPOINT}", flush=True)
     device = resolve_device(str(cfg.device))
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.dtype))
     if dtype is None:
@@ -197,6 +193,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "loss_name": str(cfg.loss._target_),
         "device": str(device),
         "seed": int(cfg.seed),
+        "threads": torch.get_num_threads(),
     }
     keep = {"samples": report.output.samples[:5000].float().cpu()}
     if report.reference is not None:

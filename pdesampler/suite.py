@@ -3,14 +3,16 @@ published numbers (SPEC section 8).
 
 A suite config (``configs/suite/<name>.yaml``) names its runs; each run is a list of Hydra
 overrides and optionally the published row it reproduces. Rerunning a suite skips runs whose
-``metrics.json`` is complete; an interrupted run resumes from its checkpoint.
+``metrics.json`` is complete and runs that another process holds (:func:`launch.run_lock`); an
+interrupted run resumes from its checkpoint. Runs go out as local processes, ``suite.jobs`` at a
+time, or as SLURM jobs (:mod:`pdesampler.launch`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -19,15 +21,15 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
+from pdesampler.checks import POSITIVE_INT, check
+from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_all
 from pdesampler.plots import plot_marginal_grid, plot_metric_summary
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
-from pdesampler.runner import METRICS_FILE, is_complete, write_json
+from pdesampler.runner import METRICS_FILE, is_complete, write_json, write_text
 
 __all__ = ["collect", "run_suite", "table_markdown"]
 
-RUN_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 TABLE_METRICS = (
     "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance", "nll",
     "cross_entropy",
@@ -48,19 +50,15 @@ def _overrides(run: Mapping, suite: DictConfig, scale: str, base: Sequence[str])
     return [*base, *scales.get(scale, []), *suite.get("common", []), *run.overrides, *own_scale]
 
 
-def _launch(overrides: list[str], out_dir: Path, log: Path) -> int:
-    cmd = [sys.executable, str(RUN_SCRIPT), *overrides, f"out_dir={out_dir}"]
-    with log.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
-
-
 def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Run every selected run of ``cfg.suite`` that is not complete, then write the table.
+    """Run every selected run of ``cfg.suite`` that is neither complete nor running elsewhere,
+    wait for them, then write the table.
 
     ``base_overrides`` (seed, device, ...) are passed to every run. ``suite.select`` restricts
-    the runs (names, comma-separated); ``suite.max_runs`` stops after that many new runs.
+    the runs (names, comma-separated); ``suite.max_runs`` stops after that many new runs;
+    ``suite.launcher`` (``local`` | ``slurm`` | ``submitit_local``) and ``suite.jobs`` (local
+    runs at a time) choose how they run (:mod:`pdesampler.launch`); ``suite.collect_only``
+    only writes the table of the complete runs.
     """
     suite = cfg.suite
     root = Path(suite.results_dir)
@@ -69,23 +67,33 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
     if len(set(names)) != len(names):
         raise ValueError(f"suite {suite.name} has duplicate run names: {names}")
     selected = _selection(suite.get("select"), names)
-    budget = suite.get("max_runs")
-    launched, failures = 0, []
-    bar = tqdm([r for r in suite.runs if r.name in selected], desc=f"suite {suite.name}")
-    for run in bar:
-        out = root / run.name
-        if is_complete(out):
-            continue
-        if budget is not None and launched >= budget:
-            break
-        bar.set_postfix(run=run.name)
-        out.mkdir(parents=True, exist_ok=True)
-        code = _launch(_overrides(run, suite, cfg.scale, base_overrides), out, out / "run.log")
-        launched += 1
-        if code != 0 or not is_complete(out):
-            failures.append(f"{run.name} (exit {code}, see {out / 'run.log'})")
+    launcher, n_parallel = str(suite.get("launcher", "local")), suite.get("jobs", 1)
+    check("suite.jobs", n_parallel, POSITIVE_INT)
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown suite.launcher {launcher!r}; available: {list(LAUNCHERS)}")
+    todo, busy = [], []
+    for run in (r for r in suite.runs if r.name in selected and not is_complete(root / r.name)):
+        if is_locked(root / run.name):
+            busy.append(run.name)
+        else:
+            overrides = _overrides(run, suite, cfg.scale, base_overrides)
+            todo.append(RunJob(run.name, tuple(overrides), root / run.name))
+    todo = todo[: suite.get("max_runs")] if suite.get("max_runs") is not None else todo
+    if suite.get("collect_only"):
+        todo = []
+    print(f"suite {suite.name}: {len(todo)} run(s) to do with launcher={launcher}", file=sys.stderr)
+    slurm = OmegaConf.to_container(suite.slurm) if suite.get("slurm") else None
+    outcome = launch_all(todo, launcher, int(n_parallel), root / ".submitit", slurm)
+    busy += [name for name, code in outcome.items() if code == LOCKED_EXIT]
+    failures = [
+        f"{job.name} ({outcome[job.name]}, see {job.out_dir / 'run.log'})"
+        for job in todo
+        if outcome[job.name] != LOCKED_EXIT and not is_complete(job.out_dir)
+    ]
     rows = collect(suite, root)
     write_outputs(suite, cfg.scale, root, rows)
+    if busy:
+        print(f"running in another process, not in the table yet: {busy}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} run(s) failed: " + "; ".join(failures), file=sys.stderr)
     return rows
@@ -160,10 +168,11 @@ def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str
     """``results.csv``, ``results.json``, ``table.md`` and ``figures/``; prints the table."""
     write_json(root / "results.json", rows)
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("paper_"), k))
-    with (root / "results.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(root / "results.csv", csv_text.getvalue())
     metrics = list(suite.get("table_metrics", SUMMARY_METRICS))
     sections = []
     for table in dict.fromkeys(row["table"] for row in rows):
@@ -176,7 +185,7 @@ def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str
         f"{time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
     )
     text = intro + "\n\n" + "\n\n".join(sections) + "\n"
-    (root / "table.md").write_text(text)
+    write_text(root / "table.md", text)
     print("\n" + text)
     if rows:
         _suite_figures(suite, root, rows, metrics)

@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
-from pdesampler.losses.validate import validate_residual
+from pdesampler.losses.validate import non_finite_log_prob, validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
-from pdesampler.optim.adam import AdamConfig, AdamResult, run_adam
+from pdesampler.optim.adam import AdamConfig, AdamResult, NonFiniteLossError, run_adam
 from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
@@ -115,6 +116,11 @@ def train(
         on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
             (steps and seconds count from the start of that phase).
     """
+    check("batch_size", batch_size, POSITIVE_INT)
+    check("max_seconds", max_seconds, POSITIVE_OR_NONE)
+    check("gn_time_fraction", gn_time_fraction, FRACTION)
+    if gn_batch_size is not None:
+        check("gn_batch_size", gn_batch_size, POSITIVE_INT)
     adam_cfg = build_config(AdamConfig, adam) or AdamConfig()
     gn_cfg = finetune_config(gn)
     if isinstance(residual, TrajectoryLoss):
@@ -159,25 +165,31 @@ def train(
             extra_state["final_loss"],
         )
 
+    last_batch: list[Tensor] = []
+
     def loss_fn(step: int):
         sampler.update(step)
         x, t = sampler(batch_size)
+        last_batch[:] = [x]
         return residual.loss(x, t)
 
     def extra(phase: str = "adam", **more) -> dict:
         return {"generator": sampler.generator.get_state(), "phase": phase, **more}
 
     residual.train()
-    adam_result = run_adam(
-        residual,
-        loss_fn,
-        adam_cfg,
-        checkpoint=path,
-        state=state,
-        progress=progress,
-        on_checkpoint=extra,
-        on_step=on_step,
-    )
+    try:
+        adam_result = run_adam(
+            residual,
+            loss_fn,
+            adam_cfg,
+            checkpoint=path,
+            state=state,
+            progress=progress,
+            on_checkpoint=extra,
+            on_step=on_step,
+        )
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{err}{_blame(residual.target, last_batch[0])}") from err
     result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps > 0:
         start = time.perf_counter()
@@ -253,6 +265,16 @@ def _train_trajectory(
         payload = {"model": loss.state_dict(), "result": asdict(result.adam)}
         torch.save({**payload, "extra": extra("done", final_loss=result.final_loss)}, path)
     return result
+
+
+def _blame(target, x: Tensor) -> str:
+    """Why the last collocation batch ``x`` may have given a non-finite loss: NaN/Inf points,
+    or a target log-density that is not finite there ("" when neither)."""
+    bad_rows = int((~torch.isfinite(x).all(1)).sum())
+    if bad_rows:
+        return f"; the collocation batch has {bad_rows} of {len(x)} NaN/Inf points"
+    problem = non_finite_log_prob(target, x.detach(), "of the last collocation batch")
+    return f"; the target is the cause: {problem}" if problem else ""
 
 
 def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: FinetuneConfig):

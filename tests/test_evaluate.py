@@ -35,17 +35,22 @@ def test_non_finite_samples_are_dropped_from_sample_metrics(monkeypatch, n_bad, 
     monkeypatch.setattr(evaluate_module, "sample", poisoned_sample(n_bad))
     report = evaluate(residual, n_samples=200, steps=4, n_nll=20, sinkhorn_max_samples=100)
     m = report.metrics
-    assert m["n_nonfinite"] == n_bad and m["n_nonfinite_samples"] == n_bad
-    if n_bad < 200:  # sample metrics on the 197 finite samples
-        assert "NaN/Inf" in caplog.text
-        for key in ("w2", "dstd", "energy_distance", "cross_entropy", "ess", "dlogZ"):
+    assert m["n_nonfinite_samples"] == n_bad
+    assert m["log_Z_lb"] == -math.inf and m["dlogZ"] == math.inf  # weight 0 out of N
+    assert m["skipped"]["dlogZ"].startswith(f"{n_bad} of 200 samples failed")
+    log_w = report.output.log_weights(residual.target).double()[n_bad:]
+    if n_bad < 200:  # sample metrics on the 197 finite samples, weights out of all 200
+        assert "weight 0 out of N" in caplog.text
+        for key in ("w2", "dstd", "energy_distance", "cross_entropy", "ess"):
             assert math.isfinite(m[key]), key
+        kept = metrics.importance_summary(log_w)
+        assert m["log_Z_is"] == pytest.approx(kept["log_Z_is"] + math.log(197 / 200), abs=1e-12)
+        assert m["ess"] == pytest.approx(kept["ess"] * 197 / 200, rel=1e-12)
     else:  # nothing left: the sample metrics are null, with the reason
         for key in ("w2", "dstd", "energy_distance", "cross_entropy"):
             assert m[key] is None and m["skipped"][key] == "every model sample is NaN/Inf"
-        assert m["ess"] == 0.0 or math.isnan(m["ess"])
+        assert m["ess"] == 0.0 and m["log_Z_is"] == -math.inf
         assert m["log_Z_ref"] == 0.0  # the target has one; the model gave no finite weight
-        assert m["dlogZ"] is None and m["skipped"]["dlogZ"] == "every log-weight is NaN/Inf"
     assert math.isfinite(m["nll"])  # the backward ODE from exact samples is unaffected
 
 

@@ -298,3 +298,30 @@ def test_forward_nll_is_gaussian_cross_entropy():
     assert metrics.forward_nll(log_q) == pytest.approx(expected, abs=4 * se)
     assert expected > p.entropy
     assert metrics.forward_nll(p.log_prob(x)) == pytest.approx(p.entropy, abs=0.02)
+
+
+# --------------------------------------------------------------------------- failed samples
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_importance_summary_counts_failed_samples_as_zero_weight(bad):
+    """Weights (1, 3, 0, 0) out of N = 4: mean w = 1, ESS = 16 / (4 * 10) = 0.4, the bound
+    mean log w = -inf; whatever the failed entries hold (NaN, +inf or -inf)."""
+    log_w = torch.tensor([0.0, math.log(3.0), bad, bad], dtype=torch.float64)
+    summary = metrics.importance_summary(log_w)
+    assert summary["log_Z_is"] == pytest.approx(0.0, abs=1e-15)
+    assert summary["log_Z_lb"] == -math.inf
+    assert summary["ess"] == pytest.approx(0.4, rel=1e-14)
+    assert summary["one_minus_ess"] == pytest.approx(0.6, rel=1e-14)
+    assert summary["n_nonfinite_samples"] == 2
+
+
+def test_importance_summary_failed_mask_and_all_failed():
+    """A sample flagged failed (its coordinates diverged) has weight 0 even with a finite log w;
+    when every sample failed, ESS is 0 (not NaN) and log Z_is is -inf."""
+    log_w = torch.tensor([math.log(2.0), 5.0, math.log(2.0)], dtype=torch.float64)
+    summary = metrics.importance_summary(log_w, failed=torch.tensor([False, True, False]))
+    assert summary["log_Z_is"] == pytest.approx(math.log(4.0 / 3.0), rel=1e-14)
+    assert summary["ess"] == pytest.approx(16 / (3 * 8), rel=1e-14)
+    assert summary["n_nonfinite_samples"] == 1
+    every = metrics.importance_summary(torch.tensor([math.nan, math.inf, -math.inf]))
+    assert every["ess"] == 0.0 and every["log_Z_is"] == -math.inf
+    assert every["log_Z_lb"] == -math.inf and every["n_nonfinite_samples"] == 3

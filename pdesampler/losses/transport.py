@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pdesampler.checks import POSITIVE, check
 from pdesampler.losses.base import Dynamics, Residual
 from pdesampler.losses.parts import (
     BridgeCoefficients,
@@ -147,6 +148,7 @@ class TransportResidual(Residual):
 # ---------------------------------------------------------------------------- builders
 def make_prior(dim: int, prior_std: float = 1.0) -> Gaussian:
     """:math:`p_{prior} = \\mathcal{N}(0, s_0^2 I)`."""
+    check("prior_std", prior_std, POSITIVE)
     return Gaussian(mean=0.0, std=prior_std, dim=dim)
 
 
@@ -331,7 +333,14 @@ def score(
     learned. ``schedule="constant"`` uses :math:`\\beta = \\bar\\sigma^2` (SPEC 2.2; the default
     :math:`\\bar\\sigma^2 T = 10` makes :math:`p_Y(\\cdot, T)` within :math:`e^{-5}` of the prior
     in mean); ``"linear"`` the VP schedule :math:`\\beta_{min} \\to \\beta_{max}` ([S73]/[S74]).
+    ``prior_std`` must be 1: the reversed process starts from the VP-SDE's stationary law
+    :math:`\\mathcal{N}(0, I)`.
     """
+    if prior_std != 1:
+        raise ValueError(
+            f"score needs prior_std=1, got {prior_std!r}: the reversed VP-SDE starts from its "
+            "stationary law N(0, I)"
+        )
     if schedule == "constant":
         beta = ConstantBeta(sigma)
     elif schedule == "linear":

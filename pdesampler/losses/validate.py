@@ -2,7 +2,8 @@
 
 :func:`validate_residual` runs the residual once on a few points the way the framework will:
 
-1. the target has ``dim``, ``box`` and ``log_prob`` (:func:`validate_target`);
+1. the target has ``dim``, ``box`` and ``log_prob``, finite at a few thousand points of the box
+   (:func:`validate_target`);
 2. :meth:`Residual.dynamics` returns a :class:`Dynamics` whose drift maps one point
    ``(d,), () -> (d,)`` and can be vmapped (sampling and trajectory collocation);
 3. :meth:`Residual.residuals` on a small batch: every term one scalar per point
@@ -31,7 +32,12 @@ from torch.func import functional_call, vjp, vmap
 from pdesampler.losses.base import Dynamics, Residual
 from pdesampler.optim.gauss_newton import linearize
 
-__all__ = ["ResidualValidationError", "validate_residual", "validate_target"]
+__all__ = [
+    "ResidualValidationError",
+    "non_finite_log_prob",
+    "validate_residual",
+    "validate_target",
+]
 
 FIX = (
     "write {method} with differentiable torch ops on one point (x: (d,), t: ()): no in-place ops "
@@ -58,10 +64,21 @@ class ResidualValidationError(ValueError):
     """A residual, its target or its dynamics cannot be used by the framework."""
 
 
-def validate_target(target) -> None:
+#: Points of the box at which :func:`validate_target` evaluates ``log_prob``.
+N_PROBE = 4096
+
+FINITE_DENSITY = (
+    "PINN residuals need a finite log-density on the whole collocation box: a truncated "
+    "density (-inf outside its support) needs a box inside its support"
+)
+
+
+def validate_target(target, n_probe: int = N_PROBE, like: Tensor | None = None) -> None:
     """Raise unless ``target`` has ``dim``, a ``box`` of two ``(dim,)`` bounds and ``log_prob``
     (a :class:`~pdesampler.targets.Target` or any object with those attributes; ``log_Z``,
-    ``stddevs`` and ``sample`` are optional and only enable the metrics that need them)."""
+    ``stddevs`` and ``sample`` are optional and only enable the metrics that need them), and
+    ``log_prob`` is finite, of shape ``(n,)``, at ``n_probe`` uniform points of the box (seed 0,
+    float64, or the dtype and device of ``like``)."""
     name = type(target).__name__
     missing = [a for a in ("dim", "box", "log_prob") if not hasattr(target, a)]
     if missing:
@@ -76,6 +93,40 @@ def validate_target(target) -> None:
             f"target {name}.box must be (lower, upper), each of shape ({target.dim},); "
             f"got shapes {shapes or len(box)}"
         )
+    x = box_points(box, n_probe, torch.Generator().manual_seed(0))
+    x = x if like is None else x.to(like)
+    with torch.no_grad():
+        values = target.log_prob(x)
+    if tuple(values.shape) != (n_probe,):
+        raise ResidualValidationError(
+            f"{name}.log_prob returned shape {tuple(values.shape)} for {tuple(x.shape)} points; "
+            f"expected ({n_probe},)"
+        )
+    problem = non_finite_log_prob(target, x, "of its box", values)
+    if problem is not None:
+        raise ResidualValidationError(f"{problem}; {FINITE_DENSITY}")
+
+
+def non_finite_log_prob(target, x: Tensor, where: str, values: Tensor | None = None) -> str | None:
+    """``"<Target>.log_prob is not finite at k of n points <where>, e.g. log_prob([...]) = nan"``
+    when ``log_prob`` is NaN or infinite at some of the points ``x``; ``None`` otherwise."""
+    if values is None:
+        with torch.no_grad():
+            values = target.log_prob(x)
+    bad = ~torch.isfinite(values)
+    if not bad.any():
+        return None
+    i = int(bad.nonzero()[0, 0])
+    return (
+        f"{type(target).__name__}.log_prob is not finite at {int(bad.sum())} of {len(values)} "
+        f"points {where}, e.g. log_prob({[round(v, 4) for v in x[i].tolist()]}) = {values[i].item()}"
+    )
+
+
+def box_points(box, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` float64 points uniform on the box ``(lower, upper)``."""
+    lo, hi = (torch.as_tensor(b, dtype=torch.float64).cpu() for b in box)
+    return lo + (hi - lo) * torch.rand(n, lo.shape[0], generator=generator, dtype=torch.float64)
 
 
 def validate_residual(
@@ -98,7 +149,7 @@ def validate_residual(
     """
     if not isinstance(residual, Residual):
         raise ResidualValidationError(f"{type(residual).__name__} is not a pdesampler Residual")
-    validate_target(residual.target)
+    validate_target(residual.target, like=next(residual.parameters(), None))
     x, t = _test_points(residual, n_points, seed)
     with _probe_stream_restored(residual):
         _check_dynamics(residual, x, t)
@@ -179,8 +230,7 @@ def _test_points(residual: Residual, n: int, seed: int) -> tuple[Tensor, Tensor]
     """``n`` points uniform on the target's box and times uniform on ``[0, T]``."""
     param = next(residual.parameters(), torch.empty(0))
     gen = torch.Generator().manual_seed(seed)
-    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in residual.target.box)
-    x = lo + (hi - lo) * torch.rand(n, residual.dim, generator=gen, dtype=torch.float64)
+    x = box_points(residual.target.box, n, gen)
     t = residual.T * torch.rand(n, generator=gen, dtype=torch.float64)
     return x.to(param), t.to(param)
 

@@ -13,6 +13,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pdesampler.checks import (
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    POSITIVE_OR_NONE,
+    check_config,
+)
 from pdesampler.optim.gauss_newton import StepHook
 
 __all__ = ["AdamConfig", "AdamResult", "NonFiniteLossError", "run_adam"]
@@ -42,8 +49,7 @@ class AdamConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.lr <= 0 or self.lr_final <= 0:
-            raise ValueError(f"invalid Adam settings: {self}")
+        check_config(vars(self), ADAM_RULES)
 
 
 @dataclass
@@ -55,6 +61,17 @@ class AdamResult:
     skipped: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
+
+ADAM_RULES = {
+    "steps": NON_NEGATIVE_INT,
+    "lr": POSITIVE,
+    "lr_final": POSITIVE,
+    "clip": POSITIVE_OR_NONE,
+    "max_seconds": POSITIVE_OR_NONE,
+    "checkpoint_every": NON_NEGATIVE_INT,
+    "nan_patience": POSITIVE_INT,
+    "log_every": POSITIVE_INT,
+}
 
 LossFn = Callable[[int], tuple[Tensor, dict[str, Tensor]]]
 

@@ -1,0 +1,167 @@
+"""Suites that fan out and survive being killed (issue 12, item 6): a lock per run directory,
+``suite.jobs`` local processes at a time or submitit's executor, and a suite killed with
+SIGKILL that, rerun, redoes no finished run and resumes the interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from pdesampler.launch import RunLockedError, is_locked, run_lock
+from pdesampler.runner import run_experiment
+from pdesampler.suite import run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "target=gaussian", "loss=logce", "net=small", "batch_size=64", "eval.n_samples=200",
+    "eval.nll=false", "sampler.steps=10", "sampler.sde_steps=20", "eval.sinkhorn_max_samples=100",
+    "eval.sinkhorn_blur=1.0", "eval.figures=false", "progress=false",
+]  # fmt: skip
+
+
+def starts_and_ends(log: Path) -> list[tuple[float, float | None]]:
+    """The ``[start t]`` / ``[end t]`` stamps :func:`launch.run_job` writes to ``run.log``."""
+    text = log.read_text()
+    starts = [float(s) for s in re.findall(r"\[start ([\d.]+)\]", text)]
+    ends = [float(s) for s in re.findall(r"\[end ([\d.]+)\]", text)]
+    return [(s, ends[i] if i < len(ends) else None) for i, s in enumerate(starts)]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------- the lock
+def test_a_locked_run_directory_is_refused_at_once(tmp_path: Path) -> None:
+    with run_lock(tmp_path):
+        assert is_locked(tmp_path)
+        with (
+            pytest.raises(
+                RunLockedError, match=rf"being run by another process \(pid {os.getpid()}\)"
+            ),
+            run_lock(tmp_path),
+        ):
+            pass
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("config", overrides=[*TINY, "out_dir=unused"])
+        with pytest.raises(RunLockedError):
+            run_experiment(cfg, tmp_path)
+    assert not is_locked(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing else was written
+
+
+def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
+    code = f"from pdesampler.launch import run_lock\nwith run_lock({str(tmp_path)!r}):\n    input()"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        wait_for(lambda: is_locked(tmp_path), 60, "the child to take the lock")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not is_locked(tmp_path)
+
+
+# ---------------------------------------------------------------------------- fan-out
+def suite_config(results: Path, *overrides: str):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "suite=smoke", f"suite.results_dir={results}", "suite.select=[logce,linear]",
+                "suite.common=[" + ",".join(f"'{o}'" for o in [*TINY[2:], "optim.steps=5"]) + "]",
+                *overrides,
+            ],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "launcher", ["local", pytest.param("submitit_local", marks=pytest.mark.slow)]
+)
+def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher):
+    results = tmp_path / "results"
+    cfg = suite_config(results, f"suite.launcher={launcher}", "suite.jobs=2")
+    rows = run_suite(cfg)
+    assert sorted(row["run"] for row in rows) == ["linear", "logce"]
+    (a_start, a_end), (b_start, b_end) = (
+        starts_and_ends(results / name / "run.log")[0] for name in ("logce", "linear")
+    )
+    assert max(a_start, b_start) < min(a_end, b_end), "the two runs did not overlap"
+    share = max(1, (os.cpu_count() or 1) // 2)
+    for name in ("logce", "linear"):
+        assert json.loads((results / name / "metrics.json").read_text())["threads"] == share
+    assert "| GMM d=2 | linear |" in (results / "table.md").read_text()
+
+
+def test_unknown_launcher_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown suite.launcher 'pbs'; available"):
+        run_suite(suite_config(tmp_path, "suite.launcher=pbs"))
+
+
+# ---------------------------------------------------------------------------- SIGKILL, then rerun
+KILL_SUITE = """# @package _global_
+out_dir: {results}
+suite:
+  name: killtest
+  results_dir: {results}
+  select: null
+  max_runs: null
+  launcher: local
+  jobs: 1
+  scales: {{cpu: [], full: []}}
+  common: [{common}]
+  runs:
+    - {{name: first, problem: Gaussian, method: short, overrides: [optim.steps=10]}}
+    - {{name: second, problem: Gaussian, method: long, overrides: [optim.steps=200, optim.checkpoint_every=10]}}
+"""
+
+
+@pytest.mark.slow
+def test_suite_killed_mid_run_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "killtest.yaml").write_text(
+        KILL_SUITE.format(results=results, common=",".join(TINY))
+    )
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "suite=killtest",
+           f"hydra.searchpath=[file://{tmp_path}]"]  # fmt: skip
+    suite = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = results / "second" / "checkpoint.pt"
+    try:
+        wait_for(checkpoint.exists, 120, "the second run's first checkpoint")
+    finally:
+        suite.send_signal(signal.SIGKILL)
+        suite.wait()
+    first_metrics = (results / "first" / "metrics.json").stat().st_mtime_ns
+    wait_for(lambda: not is_locked(results / "second"), 10, "the orphaned run to die")
+    assert not (results / "second" / "metrics.json").exists()
+    saved = torch.load(checkpoint, weights_only=False)["result"]
+    assert 0 < saved["steps"] < 200
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(starts_and_ends(results / "first" / "run.log")) == 1  # not redone
+    assert (results / "first" / "metrics.json").stat().st_mtime_ns == first_metrics
+    log = (results / "second" / "run.log").read_text()
+    assert len(starts_and_ends(results / "second" / "run.log")) == 2 and "resuming from" in log
+    history = json.loads((results / "second" / "history.json").read_text())["adam"]
+    assert history[: len(saved["history"])] == saved["history"]  # the same rows, same seconds
+    metrics = json.loads((results / "second" / "metrics.json").read_text())
+    assert saved["steps"] < 200 and metrics["steps"] == 200
+    table = (results / "table.md").read_text()
+    assert "| Gaussian | short |" in table and "| Gaussian | long |" in table
+    assert len(json.loads((results / "results.json").read_text())) == 2
