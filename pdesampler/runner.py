@@ -129,6 +129,17 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def collocation_settings(collocation: dict[str, Any], residual: Residual) -> tuple[str, dict]:
+    """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
+    collocation, ``collocation=default``), a loss with a sampler of its own (linear / learned:
+    trajectory, gradflow: ou) keeps it with its defaults; the problem's kind and options replace
+    only the [S63] box."""
+    box_width = {"prior_box_width": collocation["prior_box_width"]}
+    if collocation.get("keep_loss_sampler") and residual.default_collocation != "box":
+        return "default", box_width
+    return str(collocation["kind"]), {**box_width, **collocation["options"]}
+
+
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate the run described by ``cfg``, writing everything into ``out_dir``.
 
@@ -151,16 +162,14 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
     gn_batch_size = gn.pop("batch_size", None) if gn else None
     collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
+    kind, options = collocation_settings(collocation, residual)
     result = train(
         residual,
         adam=optim,
         gn=gn,
         batch_size=int(cfg.batch_size),
-        collocation=collocation["kind"],
-        collocation_options={
-            "prior_box_width": collocation["prior_box_width"],
-            **collocation["options"],
-        },
+        collocation=kind,
+        collocation_options=options,
         seed=int(cfg.seed),
         max_seconds=max_seconds,
         gn_time_fraction=gn_time_fraction,
