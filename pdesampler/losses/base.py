@@ -59,6 +59,8 @@ class Dynamics:
         flow_jet: optional ``(x, t, probes) -> VectorJet`` of ``flow_drift`` with its exact
             divergence, computed faster than generic autodiff (the samplers use it with exact
             traces).
+        ode_method: the ODE solver that ``method="auto"`` uses: ``"rk4"``, or an adaptive one
+            (``"dopri5"``) for a stiff drift such as the gradient flow's on the many-wells.
     """
 
     drift: PointFn
@@ -69,6 +71,7 @@ class Dynamics:
     flow_drift: PointFn | None = None
     stochastic: bool = False
     flow_jet: Callable[[Tensor, Tensor, Tensor], VectorJet] | None = None
+    ode_method: str = "rk4"
 
     def __post_init__(self) -> None:
         if self.flow_drift is None:
