@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pdesampler.evaluate import evaluate
 from pdesampler.losses.base import Residual
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
-from pdesampler.plots import plot_marginals, plot_trajectories
+from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
 from pdesampler.train import train
 
 __all__ = ["METRICS_FILE", "REQUIRED_METRICS", "is_complete", "resolve_device", "run_experiment"]
@@ -210,15 +211,34 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         keep["reference"] = report.reference[:5000].float()
     torch.save(keep, out / "samples.pt")
     if eval_cfg.figures:
-        _figures(out / "figures", report, metrics)
+        _figures(out / "figures", report, metrics, residual.target)
     write_json(out / "history.json", {"adam": result.adam.history, "gn": result.gn_history})
     write_json(out / METRICS_FILE, metrics)
     return metrics
 
 
-def _figures(folder: Path, report, metrics: dict) -> None:
-    title = f"{metrics['loss_name'].rsplit('.', 1)[-1]}: ESS {metrics['ess']:.3f}"
+def density_2d(target) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``log_prob`` of a 2-D target for contour plots (float64 CPU points in and out); ``None``
+    when ``d != 2`` (the figures then draw the pairwise marginal of exact samples)."""
+    if target.dim != 2:
+        return None
+    ref = next(iter(target.buffers()), None) if isinstance(target, torch.nn.Module) else None
+    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", torch.float64)
+    return lambda x: target.log_prob(x.to(device, dtype)).detach().double().cpu()
+
+
+def _figures(folder: Path, report, metrics: dict, target) -> None:
+    method = metrics["loss_name"].rsplit(".", 1)[-1]
+    title = f"{method}: ESS {metrics['ess']:.3f}"
     plot_marginals(report.output.samples, report.reference, folder / "marginals.png", title=title)
+    if target.dim >= 2:
+        plot_samples_2d(
+            {method: report.output.samples},
+            folder / "samples_2d.png",
+            log_prob=density_2d(target),
+            reference=report.reference,
+            title=title,
+        )
     if report.output.trajectory is not None:
         plot_trajectories(
             report.output.trajectory, report.output.times, folder / "trajectories.png", title=title
