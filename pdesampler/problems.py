@@ -65,10 +65,19 @@ def problem_settings(name: str) -> dict[str, Any]:
 def problem_overrides(overrides: Sequence[str]) -> list[str]:
     """Command-line overrides with ``target=<the preset's target>`` added when ``problem=X`` is
     given without a target, so that ``run.py problem=mw5 loss=logce`` trains on MW 5/5/4. (The
-    other way round needs nothing: the Hydra app loads ``configs/problem/<target>.yaml``.)"""
-    pairs = (o.split("=", 1) for o in overrides if "=" in o)
-    values = {key.lstrip("+~"): value for key, value in pairs}
+    other way round needs nothing: the Hydra app loads ``configs/problem/<target>.yaml``.) A
+    ``target._target_=`` of one's own without a problem gets ``problem=default``, the rule,
+    rather than the preset of the default target."""
+    keys = [o.split("=", 1)[0].lstrip("+~") if "=" in o else None for o in overrides]
+    values = {k: o.split("=", 1)[1] for k, o in zip(keys, overrides, strict=True) if k}
+
+    def after(key: str, extra: str) -> list[str]:  # keeps argparse flags such as --cfg last
+        at = keys.index(key) + 1
+        return [*overrides[:at], extra, *overrides[at:]]
+
     name = values.get("problem")
+    if name is None and "target._target_" in values:  # a target class of one's own: the rule
+        return after("target._target_", f"problem={DEFAULT_RULE}")
     if name is None or "target" in values:
         return list(overrides)
     if any(c in name for c in ",()[]{}$"):
@@ -80,6 +89,4 @@ def problem_overrides(overrides: Sequence[str]) -> list[str]:
         return list(overrides)
     if name not in problem_names():
         raise ValueError(f"unknown problem {name!r}; available: {', '.join(problem_names())}")
-    at = next(i for i, o in enumerate(overrides) if o.lstrip("+~").startswith("problem="))
-    target = f"target={problem_settings(name)['target']}"
-    return [*overrides[: at + 1], target, *overrides[at + 1 :]]
+    return after("problem", f"target={problem_settings(name)['target']}")

@@ -70,6 +70,8 @@ def test_problem_alias_adds_the_presets_target_and_rejects_bad_names() -> None:
     assert problem_overrides(["target=gaussian", "problem=default"]) == [
         "target=gaussian", "problem=default",
     ]  # fmt: skip
+    own = ["target._target_=custom_residual.Ring", "+target.radius=3"]
+    assert problem_overrides(own) == [own[0], "problem=default", own[1]]
     with pytest.raises(ValueError, match=r"unknown problem 'nope'; available: .*mw5"):
         problem_overrides(["problem=nope"])
     with pytest.raises(ValueError, match="sweep target="):
