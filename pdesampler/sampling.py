@@ -59,6 +59,7 @@ buffer, else float32 on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -85,10 +86,11 @@ __all__ = [
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
-#: An adaptive solve that needs more steps fails (a trajectory that truly blows up) instead of
-#: running for ever.
-MAX_ADAPTIVE_STEPS = 100_000
+#: An adaptive solve that needs more steps (a trajectory that truly blows up) gives up, and its
+#: batch falls back to the fixed rk4 grid (whose non-finite samples evaluation counts and drops).
+MAX_ADAPTIVE_STEPS = 1_000
 DEFAULT_BATCH_SIZE = 4096
+logger = logging.getLogger(__name__)
 
 State = tuple[Tensor, Tensor]
 
@@ -318,15 +320,19 @@ def _solve_augmented(
     else:
         options["norm"] = _step_norm(x_only=not isinstance(estimator, Exact))
         options["max_num_steps"] = MAX_ADAPTIVE_STEPS
-    xs, ells = odeint(
-        _augmented_field(dynamics, estimator, probes),
-        (x_start, ell_start),
-        t_eval,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-    )
+    field, start = _augmented_field(dynamics, estimator, probes), (x_start, ell_start)
+    try:
+        xs, ells = odeint(
+            field, start, t_eval, method=method, rtol=rtol, atol=atol, options=options
+        )
+    except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
+        if method in FIXED_STEP_METHODS:
+            raise
+        logger.warning(
+            "%s gave up on a batch (%s); it falls back to rk4, %d steps", method, err, steps
+        )
+        grid_only = {"grid_constructor": lambda func, y0, t: grid}
+        xs, ells = odeint(field, start, t_eval, method="rk4", options=grid_only)
     pos = [out_idx.index(i) for i in save_indices]
     return xs[-1], ells[-1], xs[pos], t_eval[pos]
 

@@ -76,3 +76,16 @@ def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
     assert _step_norm(x_only=True)(state) == torch.inf
     finite = _step_norm(x_only=False)((torch.tensor([[3.0, 4.0]]), torch.tensor([0.0])))
     assert math.isclose(finite.item(), math.sqrt(25 / 3), rel_tol=1e-6)
+
+
+def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog) -> None:
+    """dx/dt = x^3 from N(0, 1) blows up before t = 1 wherever |x0| > 1/sqrt(2): dopri5 cannot
+    pass the singularity; the batch falls back to rk4, whose small starts stay exact."""
+    prior = Gaussian(0.0, 1.0, dim=1).double()
+    blowup = Dynamics(lambda x, t: x**3, prior, 0.0, 1.0, ode_method="dopri5")
+    out = sample_ode(blowup, 64, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
+    assert "falls back to rk4" in caplog.text
+    small = out.x0[:, 0].abs() < 0.5
+    exact = out.x0[small] / (1 - 2 * out.x0[small] ** 2).sqrt()  # x(1) of dx/dt = x^3
+    assert torch.allclose(out.x[small], exact, rtol=1e-4)
+    assert not torch.isfinite(out.x[~small]).all()
