@@ -363,6 +363,7 @@ def main() -> None:
     parser.add_argument("--fixed-batch", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "bench_gn.json"))
+    parser.add_argument("--plateau-only", action="store_true", help="train and save plateaus")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -374,6 +375,8 @@ def main() -> None:
     for name in args.problems:
         problem = PROBLEMS[name]
         start_state = plateau(args, name, problem)
+        if args.plateau_only:
+            continue
         residual = build(problem, args.width, args.seed)
         residual.load_state_dict(start_state["model"])
         batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)

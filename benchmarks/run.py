@@ -1,6 +1,7 @@
 """pdesampler's main entry point (Hydra).
 
 One run:    python benchmarks/run.py target=gmm9 loss=logce optim.steps=2000
+A preset:   python benchmarks/run.py problem=mw5 loss=logce   (configs/problem/; target=mw5 alone too)
 A suite:    python benchmarks/run.py suite=quick      (smoke | quick | paper; scale=full on a GPU)
 """
 
@@ -13,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pdesampler.launch import LOCKED_EXIT, RunLockedError, follow_parent
+from pdesampler.problems import problem_overrides
 from pdesampler.runner import run_experiment
 from pdesampler.suite import load_suite, run_suite
 
@@ -38,4 +40,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = problem_overrides(sys.argv[1:])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     sys.exit(main())

@@ -51,7 +51,7 @@ def evaluate(
     *,
     n_samples: int = 10_000,
     seed: int = 0,
-    method: str = "rk4",
+    method: str = "auto",
     steps: int = 100,
     sde_steps: int = 500,
     batch_size: int = 10_000,

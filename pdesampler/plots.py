@@ -1,9 +1,10 @@
-"""Figures: marginals of model samples over the exact target, and sample trajectories
-(as in Sun et al. Figures 3 and 4), plus the suite summaries."""
+"""Figures: marginals of model samples over the exact target, sample trajectories (as in Sun et
+al. Figures 3 and 4), model samples over the target's density contours in two coordinates (as
+in Sun et al. Figure 2 and the Chemseddine et al. figures), plus the suite summaries."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,9 +12,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from torch import Tensor
 
-__all__ = ["plot_marginal_grid", "plot_marginals", "plot_metric_summary", "plot_trajectories"]
+__all__ = [
+    "plot_marginal_grid",
+    "plot_marginals",
+    "plot_metric_summary",
+    "plot_samples_2d",
+    "plot_trajectories",
+]
+
+#: Contour levels of the density, as in a Gaussian's 1, 2, 3 and 4 standard deviations:
+#: ``p = p_max exp(-k^2 / 2)``.
+CONTOUR_SIGMAS = (1.0, 2.0, 3.0, 4.0)
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -101,6 +113,75 @@ def plot_marginal_grid(
     for ax, name in zip(axes.flat, names, strict=False):
         _marginal(ax, _np(samples[name][:, dim]), None if exact is None else _np(exact[:, dim]))
         ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _density_on_grid(
+    dims: tuple[int, int],
+    lims: tuple[tuple[float, float], tuple[float, float]],
+    log_prob: Callable[[Tensor], Tensor] | None,
+    reference: np.ndarray | None,
+    n: int = 160,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The target density of coordinates ``dims`` on an ``n x n`` grid: ``exp(log_prob)`` for a
+    2-D target (``log_prob`` given), else a 2-D histogram of exact samples (the pairwise
+    marginal), else ``None``."""
+    xs, ys = (np.linspace(lo, hi, n) for lo, hi in lims)
+    if log_prob is not None:
+        X, Y = np.meshgrid(xs, ys)
+        grid = torch.from_numpy(np.stack([X.ravel(), Y.ravel()], axis=1))
+        log_p = _np(log_prob(grid)).reshape(X.shape)
+        return X, Y, np.exp(log_p - np.nanmax(log_p))
+    if reference is None:
+        return None
+    edges = [np.linspace(lo, hi, n // 4 + 1) for lo, hi in lims]
+    hist, ex, ey = np.histogram2d(reference[:, dims[0]], reference[:, dims[1]], bins=edges)
+    X, Y = np.meshgrid((ex[:-1] + ex[1:]) / 2, (ey[:-1] + ey[1:]) / 2)
+    return X, Y, hist.T / max(hist.max(), 1)
+
+
+def plot_samples_2d(
+    samples: Mapping[str, Tensor],
+    path: str | Path,
+    *,
+    log_prob: Callable[[Tensor], Tensor] | None = None,
+    reference: Tensor | None = None,
+    dims: tuple[int, int] = (0, 1),
+    max_points: int = 2000,
+    title: str = "",
+) -> Path:
+    """One panel per method: model samples in coordinates ``dims`` over the target's density
+    contours at ``p_max exp(-k^2/2)``, ``k`` in ``CONTOUR_SIGMAS``. ``log_prob`` (a batched
+    function of ``(n, 2)`` float64 points) draws the exact density of a 2-D target; for ``d > 2``
+    the contours are those of a histogram of the exact ``reference`` samples (the pairwise
+    marginal). Non-finite samples are left out and counted in the panel title."""
+    names = list(samples)
+    ref = None if reference is None else _np(reference)
+    points = {k: _np(v[:max_points][:, list(dims)]) for k, v in samples.items()}
+    finite = {k: v[np.isfinite(v).all(1)] for k, v in points.items()}
+    lims = tuple(
+        _range(*(v[:, j] for v in finite.values()), *([ref[:, dims[j]]] if ref is not None else []))
+        for j in range(2)
+    )
+    density = _density_on_grid(dims, lims, log_prob, ref)
+    cols = min(len(names), 4)
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    levels = sorted(np.exp(-0.5 * np.square(CONTOUR_SIGMAS)))
+    for ax, name in zip(axes.flat, names, strict=False):
+        if density is not None:
+            ax.contour(*density, levels=levels, colors="black", linewidths=0.7)
+        ax.scatter(*finite[name].T, s=2, alpha=0.35, color="tab:blue", rasterized=True)
+        dropped = len(points[name]) - len(finite[name])
+        ax.set_title(name + (f" ({dropped} NaN/Inf)" if dropped else ""), fontsize=9)
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+        ax.set_xlabel(f"$x_{dims[0] + 1}$")
+        ax.set_ylabel(f"$x_{dims[1] + 1}$")
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title)

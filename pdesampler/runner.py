@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
-from pdesampler.plots import plot_marginals, plot_trajectories
+from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
 from pdesampler.train import CHECKPOINT, train
 
 __all__ = ["METRICS_FILE", "REQUIRED_METRICS", "is_complete", "resolve_device", "run_experiment"]
@@ -116,6 +117,17 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(_clean(data), indent=2, default=str))
 
 
+def collocation_settings(collocation: dict[str, Any], residual: Residual) -> tuple[str, dict]:
+    """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
+    collocation, ``collocation=default``), a loss with a sampler of its own (linear / learned:
+    trajectory, gradflow: ou) keeps it with its defaults; the problem's kind and options replace
+    only the [S63] box."""
+    box_width = {"prior_box_width": collocation["prior_box_width"]}
+    if collocation.get("keep_loss_sampler") and residual.default_collocation != "box":
+        return "default", box_width
+    return str(collocation["kind"]), {**box_width, **collocation["options"]}
+
+
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate the run described by ``cfg``, writing everything into ``out_dir``.
 
@@ -149,16 +161,14 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
     gn_batch_size = gn.pop("batch_size", None) if gn else None
     collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
+    kind, options = collocation_settings(collocation, residual)
     result = train(
         residual,
         adam=optim,
         gn=gn,
         batch_size=int(cfg.batch_size),
-        collocation=collocation["kind"],
-        collocation_options={
-            "prior_box_width": collocation["prior_box_width"],
-            **collocation["options"],
-        },
+        collocation=kind,
+        collocation_options=options,
         seed=int(cfg.seed),
         max_seconds=max_seconds,
         gn_time_fraction=gn_time_fraction,
@@ -200,15 +210,34 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
         keep["reference"] = report.reference[:5000].float()
     torch.save(keep, out / "samples.pt")
     if eval_cfg.figures:
-        _figures(out / "figures", report, metrics)
+        _figures(out / "figures", report, metrics, residual.target)
     write_json(out / "history.json", {"adam": result.adam.history, "gn": result.gn_history})
     write_json(out / METRICS_FILE, metrics)
     return metrics
 
 
-def _figures(folder: Path, report, metrics: dict) -> None:
-    title = f"{metrics['loss_name'].rsplit('.', 1)[-1]}: ESS {metrics['ess']:.3f}"
+def density_2d(target) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``log_prob`` of a 2-D target for contour plots (float64 CPU points in and out); ``None``
+    when ``d != 2`` (the figures then draw the pairwise marginal of exact samples)."""
+    if target.dim != 2:
+        return None
+    ref = next(iter(target.buffers()), None) if isinstance(target, torch.nn.Module) else None
+    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", torch.float64)
+    return lambda x: target.log_prob(x.to(device, dtype)).detach().double().cpu()
+
+
+def _figures(folder: Path, report, metrics: dict, target) -> None:
+    method = metrics["loss_name"].rsplit(".", 1)[-1]
+    title = f"{method}: ESS {metrics['ess']:.3f}"
     plot_marginals(report.output.samples, report.reference, folder / "marginals.png", title=title)
+    if target.dim >= 2:
+        plot_samples_2d(
+            {method: report.output.samples},
+            folder / "samples_2d.png",
+            log_prob=density_2d(target),
+            reference=report.reference,
+            title=title,
+        )
     if report.output.trajectory is not None:
         plot_trajectories(
             report.output.trajectory, report.output.times, folder / "trajectories.png", title=title

@@ -28,7 +28,8 @@ Solvers are torchdiffeq's: ``"rk4"`` is its fixed-grid ``RK4`` class, whose step
 (:math:`k_2` at :math:`t + h/3`, :math:`k_3` at :math:`t + 2h/3`, weights
 :math:`(1, 3, 3, 1)/8`), the rule Sun et al. use; ``"euler"`` and ``"midpoint"`` are the other
 fixed-grid choices, and ``"dopri5"`` (and ``"dopri8"``, ``"bosh3"``) are adaptive with
-``rtol``/``atol``.
+``rtol``/``atol``. ``"auto"`` takes the dynamics' own ``ode_method``: rk4, except for the
+gradient flow, whose backward ODE is stiff (dopri5).
 
 Divergences are :func:`pdesampler.ops.vector_jet` of the pointwise drift, vmapped over the
 points, with the exact trace by default or a Hutchinson estimator for large ``d``. By default
@@ -58,6 +59,7 @@ buffer, else float32 on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -85,7 +87,11 @@ __all__ = [
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
+#: An adaptive solve that needs more steps (a trajectory that truly blows up) gives up, and its
+#: batch falls back to the fixed rk4 grid (whose non-finite samples evaluation counts and drops).
+MAX_ADAPTIVE_STEPS = 1_000
 DEFAULT_BATCH_SIZE = 4096
+logger = logging.getLogger(__name__)
 
 State = tuple[Tensor, Tensor]
 
@@ -218,11 +224,15 @@ def _probe_source(
     return lambda: fixed
 
 
-def _check_method(method: str) -> None:
-    if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+def _resolve_method(method: str, dynamics: Dynamics) -> str:
+    """``"auto"`` is the dynamics' own ``ode_method`` (dopri5 for the stiff gradient flow)."""
+    resolved = dynamics.ode_method if method == "auto" else method
+    if resolved not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
         raise ValueError(
-            f"unknown ODE method {method!r}; choose one of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}"
+            f"unknown ODE method {method!r}; choose one of "
+            f"{('auto', *FIXED_STEP_METHODS, *ADAPTIVE_METHODS)}"
         )
+    return resolved
 
 
 def _check_count(n: int) -> None:
@@ -264,9 +274,18 @@ def _augmented_field(
     return field
 
 
-def _x_only_norm(state: State) -> Tensor:
-    """RMS norm of the ``x`` part alone, for adaptive step control independent of the probes."""
-    return state[0].pow(2).mean().sqrt()
+def _step_norm(x_only: bool) -> Callable[[State], Tensor]:
+    """The RMS norm for adaptive step control: of ``x`` alone with Hutchinson traces (so that the
+    steps do not depend on the probes), else of ``(x, log q)``. A non-finite error counts as
+    infinite, so a trial step that overflows on a stiff drift is rejected and shortened
+    (torchdiffeq would otherwise turn NaN into a NaN step size)."""
+
+    def norm(state: State) -> Tensor:
+        parts = state[:1] if x_only else state
+        value = torch.cat([p.reshape(-1) for p in parts]).pow(2).mean().sqrt()
+        return torch.where(torch.isfinite(value), value, torch.full_like(value, torch.inf))
+
+    return norm
 
 
 def _solve_augmented(
@@ -299,17 +318,22 @@ def _solve_augmented(
     options: dict = {}
     if method in FIXED_STEP_METHODS:
         options["grid_constructor"] = lambda func, y0, t: grid
-    elif not isinstance(estimator, Exact):
-        options["norm"] = _x_only_norm
-    xs, ells = odeint(
-        _augmented_field(dynamics, estimator, probes),
-        (x_start, ell_start),
-        t_eval,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-    )
+    else:
+        options["norm"] = _step_norm(x_only=not isinstance(estimator, Exact))
+        options["max_num_steps"] = MAX_ADAPTIVE_STEPS
+    field, start = _augmented_field(dynamics, estimator, probes), (x_start, ell_start)
+    try:
+        xs, ells = odeint(
+            field, start, t_eval, method=method, rtol=rtol, atol=atol, options=options
+        )
+    except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
+        if method in FIXED_STEP_METHODS:
+            raise
+        logger.warning(
+            "%s gave up on a batch (%s); it falls back to rk4, %d steps", method, err, steps
+        )
+        grid_only = {"grid_constructor": lambda func, y0, t: grid}
+        xs, ells = odeint(field, start, t_eval, method="rk4", options=grid_only)
     pos = [out_idx.index(i) for i in save_indices]
     return xs[-1], ells[-1], xs[pos], t_eval[pos]
 
@@ -323,7 +347,7 @@ def sample_ode(
     n: int,
     *,
     generator: torch.Generator,
-    method: str = "rk4",
+    method: str = "auto",
     steps: int = 100,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -353,7 +377,8 @@ def sample_ode(
         generator: CPU generator for the prior draws (and Hutchinson probes, unless the
             estimator has its own generator).
         method: ``"rk4"`` (torchdiffeq's 3/8-rule RK4), ``"euler"``, ``"midpoint"`` on a fixed
-            grid of ``steps`` steps, or an adaptive ``"dopri5"`` (``"dopri8"``, ``"bosh3"``).
+            grid of ``steps`` steps, an adaptive ``"dopri5"`` (``"dopri8"``, ``"bosh3"``), or
+            ``"auto"``: ``dynamics.ode_method``.
         steps: grid steps for fixed-step methods (and the grid ``n_saved`` snaps to).
         rtol: relative tolerance of adaptive methods.
         atol: absolute tolerance of adaptive methods.
@@ -370,7 +395,7 @@ def sample_ode(
         A :class:`SampleResult` with ``x``, ``log_q``, ``x0`` and, when ``n_saved > 0``,
         ``trajectory`` of shape ``(n_saved, n, d)`` and ``times``.
     """
-    _check_method(method)
+    method = _resolve_method(method, dynamics)
     _check_count(n)
     dtype, device = resolve_dtype_device(dtype, device, module)
     estimator = _with_generator(estimator or Exact(), generator)
@@ -406,7 +431,7 @@ def log_density(
     dynamics: Dynamics,
     x: Tensor,
     *,
-    method: str = "rk4",
+    method: str = "auto",
     steps: int = 100,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -446,7 +471,7 @@ def log_density(
     Returns:
         :math:`\\log q(x)`, shape ``(n,)``.
     """
-    _check_method(method)
+    method = _resolve_method(method, dynamics)
     dtype, device = resolve_dtype_device(
         dtype, device, module, default_dtype=x.dtype, default_device=x.device
     )
@@ -547,7 +572,7 @@ def sample(
     n: int,
     *,
     generator: torch.Generator,
-    method: str = "rk4",
+    method: str = "auto",
     steps: int = 100,
     sde_steps: int = 1000,
     rtol: float = 1e-5,

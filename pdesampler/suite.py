@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.checks import POSITIVE_INT, check
 from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_all
-from pdesampler.plots import plot_marginal_grid, plot_metric_summary
+from pdesampler.plots import plot_marginal_grid, plot_metric_summary, plot_samples_2d
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
-from pdesampler.runner import METRICS_FILE, is_complete, write_json, write_text
+from pdesampler.runner import METRICS_FILE, density_2d, is_complete, write_json, write_text
 
 __all__ = ["collect", "run_suite", "table_markdown"]
 
@@ -212,6 +213,21 @@ def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], me
         if samples:
             slug = "".join(c if c.isalnum() else "_" for c in problem)
             plot_marginal_grid(samples, reference, figures / f"marginals_{slug}.png", title=problem)
+            first = next(r for r in rows if r["problem"] == problem)
+            if next(iter(samples.values())).shape[1] >= 2:
+                log_prob = density_2d(_run_target(root / first["run"]))
+                plot_samples_2d(
+                    samples,
+                    figures / f"samples_2d_{slug}.png",
+                    log_prob=log_prob,
+                    reference=reference,
+                    title=problem,
+                )
+
+
+def _run_target(run_dir: Path):
+    """The target of a finished run, rebuilt from its saved ``config.yaml``."""
+    return instantiate(OmegaConf.load(run_dir / "config.yaml").target)
 
 
 def load_suite(cfg: DictConfig) -> DictConfig:

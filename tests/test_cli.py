@@ -37,7 +37,7 @@ def test_one_run_writes_every_artifact_and_is_reproducible(tmp_path: Path) -> No
         out = tmp_path / name
         run_cli("target=gaussian", "loss=logce", "seed=3", *FAST, f"out_dir={out}")
         for path in (".hydra/config.yaml", "metrics.json", "model.pt", "figures/marginals.png",
-                     "figures/trajectories.png", "history.json"):  # fmt: skip
+                     "figures/trajectories.png", "figures/samples_2d.png", "history.json"):  # fmt: skip
             assert (out / path).exists(), path
         data = json.loads((out / "metrics.json").read_text())
         assert set(REQUIRED_METRICS) <= set(data)
@@ -49,7 +49,8 @@ def test_one_run_writes_every_artifact_and_is_reproducible(tmp_path: Path) -> No
 
 def test_smoke_suite_end_to_end_and_every_entry_has_finite_metrics(tmp_path: Path) -> None:
     run_cli("suite=smoke", f"suite.results_dir={tmp_path}", f"out_dir={tmp_path}")
-    for path in ("results.csv", "results.json", "table.md", "figures/summary.png"):
+    for path in ("results.csv", "results.json", "table.md", "figures/summary.png",
+                 "figures/samples_2d_GMM_d_2.png"):  # fmt: skip
         assert (tmp_path / path).exists(), path
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {row["method"] for row in rows} >= set(CATALOGUE)

@@ -142,7 +142,8 @@ def _ode_run(name: str, d: int, strong: bool):
     if name in ODE_NAMES and not strong:
         n = N_MOMENTS_GRADFLOW if name == "gradflow" else N_MOMENTS
     steps = STRONG_STEPS if strong else RK4_STEPS[name]
-    out = sample_ode(dyn, n, generator=gen(10 + d), steps=steps, dtype=F64, batch_size=None)
+    out = sample_ode(dyn, n, generator=gen(10 + d), steps=steps, dtype=F64, batch_size=None,
+                     method="rk4")  # fmt: skip
     return residual, target, path, dyn, out
 
 

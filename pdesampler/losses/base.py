@@ -73,6 +73,8 @@ class Dynamics:
             reference process whose backward kernels ``log_backward(x_k, x_{k+1}, t_k,
             t_{k+1})`` give the path-space importance weights of the Euler-Maruyama samples;
             such dynamics need no ``flow_drift``.
+        ode_method: the ODE solver that ``method="auto"`` uses: ``"rk4"``, or an adaptive one
+            (``"dopri5"``) for a stiff drift such as the gradient flow's on the many-wells.
     """
 
     drift: PointFn
@@ -84,6 +86,7 @@ class Dynamics:
     stochastic: bool = False
     flow_jet: Callable[[Tensor, Tensor, Tensor], VectorJet] | None = None
     reference: PathReference | None = None
+    ode_method: str = "rk4"
 
     def __post_init__(self) -> None:
         if self.flow_drift is None and self.reference is None:

@@ -106,7 +106,10 @@ def gradflow(
 
     with :math:`g_t = t\\,\\psi + (t\\,s(t) + 1 - t)\\log\\rho` (:math:`g_0 = \\log\\rho` exactly).
     Sampling integrates the ODE backwards, from :math:`\\mathcal{N}(0, I)` at ``t = 1`` to
-    ``t = 0``. ``learn_rate`` adds the optional :math:`C_t`.
+    ``t = 0``, by default with the adaptive dopri5 (``ode_method``): on the many-wells
+    :math:`\\nabla\\log\\rho \\sim -4x^3` with :math:`\\beta` up to 20 makes the ODE stiff
+    where samples stray, and a fixed rk4 grid of 100 steps diverged there (README "Sampling").
+    ``learn_rate`` adds the optional :math:`C_t`.
     """
     prior = make_prior(target.dim, 1.0)
     schedule = make_time_net(time_net, 1.0) if learn_schedule else None
@@ -119,5 +122,13 @@ def gradflow(
     )
     drift = ScoreDrift(density, LinearBeta(beta_min, beta_max, 1.0), reverse=False)
     return TransportResidual(
-        target, density, drift, prior, T=1.0, t_span=(1.0, 0.0), default_collocation="ou", **kw
+        target,
+        density,
+        drift,
+        prior,
+        T=1.0,
+        t_span=(1.0, 0.0),
+        default_collocation="ou",
+        ode_method="dopri5",
+        **kw,
     )

@@ -65,6 +65,7 @@ class TransportResidual(Residual):
         hjb_weight: the weight :math:`\\alpha` of the HJB term (``None``: no HJB term).
         t_span: ``(t0, t1)`` of the sampling dynamics (default ``(0, T)``).
         default_collocation: the collocation sampler this entry trains best with.
+        ode_method: the solver that sampling with ``method="auto"`` uses (``Dynamics.ode_method``).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class TransportResidual(Residual):
         estimator: TraceEstimator | None = None,
         chunk_size: int | None = None,
         default_collocation: str = "box",
+        ode_method: str = "rk4",
     ) -> None:
         weights = {"pde": 1.0}
         if hjb_weight is not None:
@@ -91,7 +93,7 @@ class TransportResidual(Residual):
         self.density, self.drift, self.prior = density, drift, prior
         self.diffusion = diffusion
         self.t_span = t_span if t_span is not None else (0.0, self.T)
-        self.default_collocation = default_collocation
+        self.default_collocation, self.ode_method = default_collocation, ode_method
 
     def sigma_sq(self, t: Tensor) -> Tensor | None:
         return None if self.diffusion is None else self.diffusion(t) ** 2
@@ -116,7 +118,7 @@ class TransportResidual(Residual):
         t0, t1 = self.t_span
         if self.diffusion is None:
             return Dynamics(
-                drift=self.drift, prior=self.prior, t0=t0, t1=t1, flow_jet=self.flow_jet
+                self.drift, self.prior, t0, t1, flow_jet=self.flow_jet, ode_method=self.ode_method
             )
         return Dynamics(
             drift=self.drift,
@@ -127,6 +129,7 @@ class TransportResidual(Residual):
             flow_drift=self.flow_drift,
             stochastic=True,
             flow_jet=self.flow_jet,
+            ode_method=self.ode_method,
         )
 
     def flow_jet(self, x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:

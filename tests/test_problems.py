@@ -1,0 +1,172 @@
+"""Problem presets (configs/problem/), the default rule for targets without one, the derived
+collocation boxes, and how the Hydra app and the suites pick them up."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pdesampler.collocation import collocation_target_box, make_collocation, prior_box
+from pdesampler.losses import logce
+from pdesampler.problems import problem_names, problem_overrides, problem_settings
+from pdesampler.runner import collocation_settings
+from pdesampler.targets import GMM9, Gaussian, ManyWell
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TC_OPTIONS = {"n_trajectories": 2000, "n_times": 100, "every": 250, "fraction": 0.5, "start": 0}
+
+
+def composed(*overrides: str):
+    """The app's config for these command-line overrides (with the problem= alias applied)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=problem_overrides(list(overrides)))
+
+
+def test_presets_exist_for_the_hard_problems_and_name_real_targets() -> None:
+    assert {"gmm9", "mw5", "mw50", "gmm40", "fab_mw8"} <= set(problem_names())
+    for name in problem_names():
+        assert (CONFIGS / "target" / f"{problem_settings(name)['target']}.yaml").exists(), name
+
+
+def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
+    assert problem_settings("mw5") == {
+        "target": "mw5",
+        "collocation": "box",
+        "collocation_options": {"prior_box_width": 3.0},
+        "net": {"width": 128, "depth": 3},
+        "lr": 5e-3,
+        "lr_final": 1e-4,
+        "batch_size": 1024,
+    }
+    gmm9 = problem_settings("gmm9")
+    assert gmm9["collocation"] == "trajectory_cache"
+    assert gmm9["collocation_options"] == {"prior_box_width": 5.0, **TC_OPTIONS}
+    assert problem_settings("mw50")["collocation_options"] == {"prior_box_width": 3.0}
+    assert problem_settings("fab_mw8")["collocation"] == "default"
+
+
+def test_a_target_without_a_preset_gets_the_default_rule() -> None:
+    rule = problem_settings("ring")
+    assert rule["target"] == "ring"
+    assert rule["collocation"] == "default"
+    assert rule["collocation_options"] == {"prior_box_width": "auto"}
+    with pytest.raises(ValueError, match="problem name"):
+        problem_settings("../etc")
+
+
+def test_problem_alias_adds_the_presets_target_and_rejects_bad_names() -> None:
+    assert problem_overrides(["problem=mw5", "loss=logce", "--cfg", "job"]) == [
+        "problem=mw5", "target=mw5", "loss=logce", "--cfg", "job",
+    ]  # fmt: skip
+    assert problem_overrides(["problem=mw5", "target=gmm9"]) == ["problem=mw5", "target=gmm9"]
+    assert problem_overrides(["target=gaussian", "problem=default"]) == [
+        "target=gaussian", "problem=default",
+    ]  # fmt: skip
+    own = ["target._target_=custom_residual.Ring", "+target.radius=3"]
+    assert problem_overrides(own) == [own[0], "problem=default", own[1]]
+    with pytest.raises(ValueError, match=r"unknown problem 'nope'; available: .*mw5"):
+        problem_overrides(["problem=nope"])
+    with pytest.raises(ValueError, match="sweep target="):
+        problem_overrides(["problem=gmm9,mw5"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "width", "batch"),
+    [
+        (["problem=mw5"], "box", 3.0, 1024),  # the preset chooses the target too
+        (["target=mw5"], "box", 3.0, 1024),  # a target alone gets its preset
+        (["target=gmm9"], "trajectory_cache", 5.0, 1024),
+        (["target=gaussian"], "default", "auto", 1024),  # no preset: the default rule
+        (["target=mw5", "problem=default"], "default", "auto", 1024),
+        (["target=mw5", "collocation=trajectory_cache"], "trajectory_cache", 5.0, 1024),
+        (["problem=mw5", "collocation.prior_box_width=4", "batch_size=64"], "box", 4, 64),
+    ],
+)
+def test_the_app_composes_presets_and_command_line_choices_win(
+    overrides: list[str], kind: str, width, batch: int
+) -> None:
+    cfg = composed(*overrides)
+    target = OmegaConf.to_container(cfg.target)["_target_"].rsplit(".", 1)[-1]
+    expected_target = "ManyWell" if "mw5" in " ".join(overrides) else None
+    if expected_target:
+        assert target == expected_target
+    assert cfg.collocation.kind == kind
+    assert cfg.collocation.prior_box_width == width
+    assert cfg.batch_size == batch
+    assert cfg.net.width == 128 and cfg.optim.lr == 5e-3
+
+
+def test_methods_with_their_own_sampler_keep_it_under_a_preset() -> None:
+    cfg = OmegaConf.to_container(composed("target=gmm9").collocation, resolve=True)
+    sun = SimpleNamespace(default_collocation="box")
+    gradflow = SimpleNamespace(default_collocation="ou")
+    assert collocation_settings(cfg, sun) == (
+        "trajectory_cache",
+        {"prior_box_width": 5.0, **TC_OPTIONS},
+    )
+    assert collocation_settings(cfg, gradflow) == ("default", {"prior_box_width": 5.0})
+    explicit = OmegaConf.to_container(composed("target=gmm9", "collocation=box").collocation)
+    assert collocation_settings(explicit, gradflow) == ("box", {"prior_box_width": 5.0})
+
+
+def test_suites_refer_to_presets_and_keep_the_tuned_collocation() -> None:
+    for suite in ("quick", "paper"):
+        runs = yaml.safe_load((CONFIGS / "suite" / f"{suite}.yaml").read_text())["suite"]["runs"]
+        for run in runs:
+            assert not any(o.startswith("collocation") for o in run["overrides"]), run["name"]
+    cfg = composed("problem=mw50", "loss=logce")
+    assert cfg.target.dim == 50 and cfg.collocation.kind == "box"
+    assert cfg.collocation.prior_box_width == 3.0
+
+
+def test_auto_prior_box_reproduces_the_tuned_widths_from_the_targets_box() -> None:
+    zero, one = torch.zeros(5), torch.ones(5)
+    mw5 = ManyWell(5, 5, 4.0)
+    lo, hi = prior_box(zero, one, collocation_target_box(mw5))
+    assert torch.allclose(hi, torch.full((5,), 3.0, dtype=torch.float64))  # box +-2.97 -> +-3
+    assert torch.allclose(lo, -hi)
+    lo, hi = prior_box(zero[:2], one[:2], collocation_target_box(GMM9()))
+    assert torch.allclose(hi, torch.full((2,), 5.0, dtype=torch.float64))  # box +-7.7 -> +-5
+    # An off-centre box [-1.5, 3.5]: the prior side keeps +-3, the target side reaches 3.5.
+    lo, hi = prior_box(zero[:2], one[:2], collocation_target_box(Gaussian(1.0, 0.5, dim=2)))
+    assert lo.tolist() == [-3.0, -3.0] and hi.tolist() == [3.5, 3.5]
+    lo, hi = prior_box(zero[:1], 2 * one[:1], (-one[:1], one[:1]), width=2.5)
+    assert (lo.item(), hi.item()) == (-5.0, 5.0)
+    with pytest.raises(ValueError, match="prior_box_width must be a positive number or 'auto'"):
+        prior_box(zero, one, (-one, one), width="wide")
+
+
+def test_the_target_box_is_capped_by_the_targets_standard_deviations() -> None:
+    wide = SimpleNamespace(box=(-100 * torch.ones(2), torch.tensor([100.0, 300.0])), stddevs=None)
+    assert collocation_target_box(wide)[1].tolist() == [100.0, 300.0]
+    wide.stddevs = torch.tensor([1.0, 2.0])
+    lo, hi = collocation_target_box(wide)
+    assert lo.tolist() == [-5.0, 90.0] and hi.tolist() == [5.0, 110.0]  # centre +- 5 s
+
+
+def test_make_collocation_auto_box_samples_inside_the_derived_box() -> None:
+    torch.manual_seed(0)
+    residual = logce(ManyWell(5, 5, 4.0), net={"width": 8, "depth": 1})
+    sampler = make_collocation("box", residual, torch.Generator().manual_seed(0))
+    x, t = sampler(4096)
+    start = x[t < 0.05 * residual.T]
+    assert start.abs().max() <= 3.0 + 1e-6 and start.abs().max() > 2.8
+    assert math.isclose(float(x.abs().max()), 3.0, abs_tol=0.02)
+
+
+def test_cli_problem_alone_trains_the_presets_target_with_its_collocation(tmp_path: Path) -> None:
+    from test_cli import FAST, run_cli
+
+    run_cli("problem=mw5", "loss=logce", *FAST, f"out_dir={tmp_path}")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["target"]["_target_"] == "pdesampler.targets.ManyWell"
+    assert saved["collocation"]["kind"] == "box" and saved["collocation"]["prior_box_width"] == 3.0
+    assert (tmp_path / "metrics.json").exists()

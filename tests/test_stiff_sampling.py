@@ -1,0 +1,91 @@
+"""The gradient flow's backward ODE on a stiff case with a known answer.
+
+The gradient-flow drift (SPEC 4.3) is :math:`v = -\\tfrac{\\beta}2(\\nabla\\log p_t + x)`,
+integrated from ``t = 1`` back to ``t = 0``. For a target :math:`\\mathcal{N}(m, s^2)` and a
+constant :math:`\\beta` its path is the OU law :math:`p_t = \\mathcal{N}(a_t m, v_t)`,
+:math:`a_t = e^{-\\beta t/2}`, :math:`v_t = a_t^2 s^2 + 1 - a_t^2`, so it relaxes at the rate
+:math:`\\beta/(2 v_t)`, up to :math:`\\beta/(2 s^2) = 4000` for :math:`s = 0.05`, :math:`\\beta = 20`:
+stiff near ``t = 0``, as :math:`\\nabla\\log\\rho \\sim -4x^3` makes the many-wells stiff where
+samples stray. The flow map is :math:`x_0 = m + s(x_1 - a_1 m)/\\sqrt{v_1}` and
+:math:`\\log q(x_0) = \\log\\mathcal{N}(x_1; 0, 1) - \\log(s/\\sqrt{v_1})`. A fixed rk4 grid misses
+them; ``method="auto"`` (the gradient flow's dopri5) recovers them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pdesampler.losses import Dynamics, gradflow
+from pdesampler.sampling import sample_ode
+from pdesampler.targets import Gaussian
+
+F64 = torch.float64
+M, S, BETA = 1.0, 0.05, 20.0
+
+
+def a(t: Tensor) -> Tensor:
+    return torch.exp(-BETA * t / 2)
+
+
+def v(t: Tensor) -> Tensor:
+    return a(t) ** 2 * S**2 + 1 - a(t) ** 2
+
+
+def drift(x: Tensor, t: Tensor) -> Tensor:
+    """:math:`-\\tfrac{\\beta}2(\\nabla\\log p_t(x) + x)` with the exact OU score."""
+    return -BETA / 2 * (-(x - a(t) * M) / v(t) + x)
+
+
+def stiff_dynamics() -> Dynamics:
+    prior = Gaussian(0.0, 1.0, dim=1).double()
+    return Dynamics(drift, prior, 1.0, 0.0, ode_method="dopri5")
+
+
+def errors(method: str) -> tuple[float, float]:
+    """Max errors in x and log q against the exact flow map, for 256 prior points."""
+    out = sample_ode(stiff_dynamics(), 256, generator=torch.Generator().manual_seed(0),
+                     method=method, steps=100, dtype=F64)  # fmt: skip
+    one = torch.tensor(1.0, dtype=F64)
+    x1 = out.x0
+    exact = M + S * (x1 - a(one) * M) / v(one).sqrt()
+    log_q = -0.5 * x1[:, 0] ** 2 - 0.5 * math.log(2 * math.pi) - math.log(S) + 0.5 * v(one).log()
+    err_x = (out.x - exact).abs().max().nan_to_num(torch.inf)
+    err_log_q = (out.log_q - log_q).abs().max().nan_to_num(torch.inf)
+    return float(err_x), float(err_log_q)
+
+
+def test_gradflow_samples_with_an_adaptive_solver_by_default() -> None:
+    residual = gradflow(Gaussian(0.0, 1.0, dim=2), net={"width": 4, "depth": 1})
+    assert residual.dynamics().ode_method == "dopri5"
+
+
+def test_stiff_backward_ode_is_exact_with_auto_where_fixed_rk4_fails() -> None:
+    rk4_x, rk4_log_q = errors("rk4")
+    assert rk4_x > 1.0 and rk4_log_q > 1.0, (rk4_x, rk4_log_q)  # stiff for 100 rk4 steps
+    auto_x, auto_log_q = errors("auto")
+    assert auto_x < 1e-4 and auto_log_q < 1e-3, (auto_x, auto_log_q)
+
+
+def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
+    from pdesampler.sampling import _step_norm
+
+    state = (torch.tensor([[1.0, float("nan")]]), torch.tensor([3.0]))
+    assert _step_norm(x_only=True)(state) == torch.inf
+    finite = _step_norm(x_only=False)((torch.tensor([[3.0, 4.0]]), torch.tensor([0.0])))
+    assert math.isclose(finite.item(), math.sqrt(25 / 3), rel_tol=1e-6)
+
+
+def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog) -> None:
+    """dx/dt = x^3 from N(0, 1) blows up before t = 1 wherever |x0| > 1/sqrt(2): dopri5 cannot
+    pass the singularity; the batch falls back to rk4, whose small starts stay exact."""
+    prior = Gaussian(0.0, 1.0, dim=1).double()
+    blowup = Dynamics(lambda x, t: x**3, prior, 0.0, 1.0, ode_method="dopri5")
+    out = sample_ode(blowup, 64, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
+    assert "falls back to rk4" in caplog.text
+    small = out.x0[:, 0].abs() < 0.5
+    exact = out.x0[small] / (1 - 2 * out.x0[small] ** 2).sqrt()  # x(1) of dx/dt = x^3
+    assert torch.allclose(out.x[small], exact, rtol=1e-4)
+    assert not torch.isfinite(out.x[~small]).all()
