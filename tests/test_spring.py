@@ -19,6 +19,7 @@ from pdesampler.optim.gauss_newton import (
     damped_direction_explicit,
     flatten,
     full_jacobian,
+    gram_solve,
     linearize,
     per_point_jacobian,
 )
@@ -265,3 +266,14 @@ def test_on_step_sees_every_step_of_both_phases_with_the_current_parameters():
     assert not torch.equal(
         seen[3][2]["drift.net.trunk.input.weight"], seen[-1][2]["drift.net.trunk.input.weight"]
     )
+
+
+@pytest.mark.parametrize("precision", [None, "float32", "float64", "mixed"])
+def test_gram_solve_precisions_agree_with_a_float64_solve(precision):
+    gen = torch.Generator().manual_seed(3)
+    jac = torch.randn(40, 200, generator=gen, dtype=DTYPE)
+    rhs = torch.randn(40, generator=gen, dtype=DTYPE)
+    exact = torch.linalg.solve(jac @ jac.T + 1e-3 * torch.eye(40, dtype=DTYPE), rhs)
+    got = gram_solve(jac.float(), rhs.float(), 1e-3, precision)
+    assert got.dtype == torch.float32
+    assert rel_err(got.double(), exact) < 1e-4

@@ -61,6 +61,7 @@ JacobianFn = Callable[[Params], Tensor]
 StepHook = Callable[[int, float, Mapping[str, Tensor]], None]
 
 __all__ = [
+    "GRAM_PRECISIONS",
     "CGResult",
     "GaussNewton",
     "GaussNewtonConfig",
@@ -71,6 +72,7 @@ __all__ = [
     "damped_direction_explicit",
     "flatten",
     "full_jacobian",
+    "gram_solve",
     "gramian_vector_product",
     "line_search",
     "linearize",
@@ -80,6 +82,9 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Precisions of the explicit Gram solves: "mixed" forms J J^T in the working dtype and factorizes
+# it in float64 (half the cost of a float64 product, with a float64 Cholesky).
+GRAM_PRECISIONS = (*DTYPES, "mixed")
 # The allowed values of GaussNewtonConfig's string options.
 _CHOICES = {
     "solver": ("auto", "cg", "woodbury", "dense"),
@@ -87,7 +92,7 @@ _CHOICES = {
     "line_search_batch": ("same", "fresh"),
     "jacobian_product": ("double_vjp", "jvp"),
     "dtype": (None, *DTYPES),
-    "gram_dtype": tuple(DTYPES),
+    "gram_dtype": GRAM_PRECISIONS,
 }
 
 
@@ -285,25 +290,44 @@ def damped_cholesky_solve(gram: Tensor, rhs: Tensor, eps: float) -> Tensor:
     return vectors @ (inverse * (vectors.T @ rhs))
 
 
+def _gram_dtypes(dtype: torch.dtype, precision: str | None) -> tuple[torch.dtype, torch.dtype]:
+    """(product dtype, solve dtype) of a Gram precision: ``None`` keeps ``dtype``, ``"float32"``
+    or ``"float64"`` uses it for both, ``"mixed"`` forms the product in ``dtype`` and solves
+    in float64."""
+    if precision is None:
+        return dtype, dtype
+    if precision == "mixed":
+        return dtype, torch.float64
+    return DTYPES[precision], DTYPES[precision]
+
+
+def gram_solve(jacobian: Tensor, rhs: Tensor, eps: float, precision: str | None = None) -> Tensor:
+    """:math:`(J J^\\top + \\varepsilon I)^{-1} b` for an explicit ``(M, P)`` Jacobian: one
+    ``M x M`` Cholesky solve in ``precision`` (see :data:`GRAM_PRECISIONS`); the result has the
+    Jacobian's dtype."""
+    product, solve = _gram_dtypes(jacobian.dtype, precision)
+    wide = jacobian.to(product)
+    gram = (wide @ wide.T).to(solve)
+    return damped_cholesky_solve(gram, rhs.to(solve), eps).to(jacobian.dtype)
+
+
 def damped_direction_explicit(
-    jacobian: Tensor,
-    residual: Tensor,
-    eps: float,
-    solver: str,
-    gram_dtype: torch.dtype | None = None,
+    jacobian: Tensor, residual: Tensor, eps: float, solver: str, precision: str | None = None
 ) -> Tensor:
     """:math:`(J^\\top J + \\varepsilon I)^{-1} J^\\top r` from an explicit ``(M, P)`` Jacobian.
 
     ``"woodbury"`` computes it as :math:`J^\\top (J J^\\top + \\varepsilon I)^{-1} r` (an
-    ``M x M`` solve), ``"dense"`` directly (a ``P x P`` solve). The Gram matrix and its solve
-    use ``gram_dtype`` (default: the Jacobian's); the result has the Jacobian's dtype.
+    ``M x M`` solve, :func:`gram_solve`), ``"dense"`` directly (a ``P x P`` solve). The Gram
+    matrix and its solve use ``precision`` (see :data:`GRAM_PRECISIONS`; default: the
+    Jacobian's dtype); the result has the Jacobian's dtype.
     """
-    wide = jacobian.to(gram_dtype or jacobian.dtype)
     if solver == "woodbury":
-        solve = damped_cholesky_solve(wide @ wide.T, residual.to(wide.dtype), eps)
-        return jacobian.T @ solve.to(jacobian.dtype)
+        return jacobian.T @ gram_solve(jacobian, residual, eps, precision)
     if solver == "dense":
-        step = damped_cholesky_solve(wide.T @ wide, wide.T @ residual.to(wide.dtype), eps)
+        product, solve = _gram_dtypes(jacobian.dtype, precision)
+        wide = jacobian.to(product)
+        rhs = (wide.T @ residual.to(product)).to(solve)
+        step = damped_cholesky_solve((wide.T @ wide).to(solve), rhs, eps)
         return step.to(jacobian.dtype)
     raise ValueError(f"explicit solver must be 'woodbury' or 'dense', got {solver!r}")
 
@@ -346,9 +370,10 @@ class GaussNewtonConfig:
             (:func:`pdesampler.train.train` gives it an independent batch, so that a step that
             only fits its own batch is rejected; with fewer residuals than parameters an exact
             step interpolates its batch).
-        gram_dtype: dtype of the Gram matrix and its Cholesky solve in ``"woodbury"`` and
-            ``"dense"`` (float64 by default: cheap at ``M <= 8k``, and a float32 Gram matrix
-            with small damping often fails to factorize).
+        gram_dtype: precision of the Gram matrix and its Cholesky solve in ``"woodbury"`` and
+            ``"dense"``: ``"float64"`` (the default: cheap at ``M <= 8k``, and a float32 Gram
+            matrix with small damping often fails to factorize), ``"float32"``, or
+            ``"mixed"`` (product in the working dtype, Cholesky in float64).
         curvature_fraction: CG's Gramian products use the first ``curvature_fraction`` of the
             batch's points (:func:`pdesampler.train.train` passes that ``curvature_fn``) while
             the gradient uses the whole batch: subsampled-curvature Hessian-free GN.
@@ -463,7 +488,74 @@ def line_search(
 
 
 # ---------------------------------------------------------------------- the optimizer
-class GaussNewton:
+class FineTuner:
+    """What the fine-tuners share: a detached working copy of the parameters, the step
+    history, the NaN guard and the write-back (:class:`GaussNewton`,
+    :class:`~pdesampler.optim.spring.Spring`).
+
+    Args:
+        params: an ``nn.Module`` (its parameters that require grad) or a dict of tensors. The
+            optimizer works on a detached copy in ``config.dtype``.
+        config: the settings (``dtype`` and ``nan_patience`` are read here).
+
+    Attributes:
+        params: the current parameters (detached, working dtype).
+        history: one :class:`StepInfo` per step.
+    """
+
+    NAME = "fine-tuner"
+
+    def __init__(self, params: nn.Module | Mapping[str, Tensor], config) -> None:
+        if isinstance(params, nn.Module):
+            params = {n: p for n, p in params.named_parameters() if p.requires_grad}
+        if not params:
+            raise ValueError(f"{self.NAME} needs at least one parameter")
+        self.config = config
+        dtype = DTYPES[config.dtype] if config.dtype else None
+        self.params: Params = {n: p.detach().to(dtype=dtype, copy=True) for n, p in params.items()}
+        self.history: list[StepInfo] = []
+        self._bad_steps = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The working dtype: the closures' inputs must use it."""
+        return next(iter(self.params.values())).dtype
+
+    def copy_to(self, module: nn.Module) -> None:
+        """Write the current parameters into ``module``, each in its own dtype."""
+        own = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, value in self.params.items():
+                own[name].copy_(value)
+
+    def _reject(
+        self,
+        loss0: float,
+        solver: str,
+        start: float,
+        reason: str,
+        cg_iters: int = 0,
+        cg_res: float | None = None,
+    ) -> StepInfo:
+        """Record a step that changed nothing; raise after ``nan_patience`` in a row."""
+        self._bad_steps += 1
+        info = self._record(
+            StepInfo(loss0, loss0, 0.0, cg_iters, cg_res, solver, 0.0, False, reason), start
+        )
+        if self._bad_steps >= self.config.nan_patience:
+            raise RuntimeError(
+                f"{self.NAME}: {self._bad_steps} consecutive non-finite steps ({reason}, "
+                f"last loss {loss0}); parameters left at the last finite step"
+            )
+        return info
+
+    def _record(self, info: StepInfo, start: float) -> StepInfo:
+        info.seconds = time.perf_counter() - start
+        self.history.append(info)
+        return info
+
+
+class GaussNewton(FineTuner):
     """Damped Gauss-Newton with a line search (SPEC section 5); see the module docstring.
 
     Args:
@@ -476,23 +568,12 @@ class GaussNewton:
         history: one :class:`StepInfo` per call of :meth:`step`.
     """
 
-    def __init__(self, params: nn.Module | Mapping[str, Tensor], config: GaussNewtonConfig) -> None:
-        if isinstance(params, nn.Module):
-            params = {n: p for n, p in params.named_parameters() if p.requires_grad}
-        if not params:
-            raise ValueError("GaussNewton needs at least one parameter")
-        self.config = config
-        dtype = DTYPES[config.dtype] if config.dtype else None
-        self.params: Params = {n: p.detach().to(dtype=dtype, copy=True) for n, p in params.items()}
-        self.history: list[StepInfo] = []
-        self._previous: Tensor | None = None
-        self._bad_steps = 0
-        self.damping = config.damping
+    NAME = "Gauss-Newton"
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The working dtype: the closures' inputs must use it."""
-        return next(iter(self.params.values())).dtype
+    def __init__(self, params: nn.Module | Mapping[str, Tensor], config: GaussNewtonConfig) -> None:
+        super().__init__(params, config)
+        self._previous: Tensor | None = None
+        self.damping = config.damping
 
     def step(
         self,
@@ -554,13 +635,6 @@ class GaussNewton:
         elif eta < 0.25:
             self.damping = min(self.damping * cfg.damping_factor, cfg.damping_max)
 
-    def copy_to(self, module: nn.Module) -> None:
-        """Write the current parameters into ``module``, each in its own dtype."""
-        own = dict(module.named_parameters())
-        with torch.no_grad():
-            for name, value in self.params.items():
-                own[name].copy_(value)
-
     # ------------------------------------------------------------------ helpers
     def _cg_direction(self, lin: Linearization, gradient: Tensor) -> CGResult:
         damping = self.damping
@@ -582,8 +656,9 @@ class GaussNewton:
                 f"point_jacobian_fn returned shape {tuple(jacobian.shape)}; expected (M, P) = "
                 f"{expected}, rows in the residual's order"
             )
-        gram_dtype = DTYPES[self.config.gram_dtype]
-        return damped_direction_explicit(jacobian, lin.residual, self.damping, solver, gram_dtype)
+        return damped_direction_explicit(
+            jacobian, lin.residual, self.damping, solver, self.config.gram_dtype
+        )
 
     def _choose_solver(self, num_residuals: int, point_jacobian_fn: JacobianFn | None) -> str:
         if self.config.solver != "auto":
@@ -599,31 +674,6 @@ class GaussNewton:
             return None
         return self.config.warm_factor * self._previous
 
-    def _reject(
-        self,
-        loss0: float,
-        solver: str,
-        start: float,
-        reason: str,
-        cg_iters: int = 0,
-        cg_res: float | None = None,
-    ) -> StepInfo:
-        self._bad_steps += 1
-        info = self._record(
-            StepInfo(loss0, loss0, 0.0, cg_iters, cg_res, solver, 0.0, False, reason), start
-        )
-        if self._bad_steps >= self.config.nan_patience:
-            raise RuntimeError(
-                f"Gauss-Newton: {self._bad_steps} consecutive non-finite steps ({reason}, "
-                f"last loss {loss0}); parameters left at the last finite step"
-            )
-        return info
-
-    def _record(self, info: StepInfo, start: float) -> StepInfo:
-        info.seconds = time.perf_counter() - start
-        self.history.append(info)
-        return info
-
 
 def step_indices(steps: int, max_seconds: float | None) -> Iterator[int]:
     """Step indices until ``steps`` or the wall-clock budget ``max_seconds`` runs out."""
@@ -632,6 +682,37 @@ def step_indices(steps: int, max_seconds: float | None) -> Iterator[int]:
         if max_seconds is not None and time.perf_counter() - start >= max_seconds:
             return
         yield step
+
+
+def run_finetuner_loop(
+    optimizer: FineTuner,
+    module: nn.Module,
+    make_batch_fns: Callable[[int], tuple],
+    progress: bool = True,
+    on_step: StepHook | None = None,
+    resample_every: int = 1,
+) -> list[StepInfo]:
+    """Step ``optimizer`` for ``config.steps`` steps or ``config.max_seconds``, on the closures
+    of ``make_batch_fns(step)`` (called every ``resample_every`` steps, the batch reused in
+    between); ``on_step(steps, elapsed, params)`` after each step. The parameters are written
+    back into ``module`` at the end, also when the run stops with an error."""
+    config = optimizer.config
+    bar = tqdm(total=config.steps, disable=not progress, desc=optimizer.NAME)
+    fns: tuple = ()
+    start = time.perf_counter()
+    try:
+        for step in step_indices(config.steps, config.max_seconds):
+            if step % resample_every == 0:
+                fns = make_batch_fns(step)
+            info = optimizer.step(*fns)
+            if on_step is not None:
+                on_step(step + 1, time.perf_counter() - start, optimizer.params)
+            bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
+            bar.update()
+    finally:
+        bar.close()
+        optimizer.copy_to(module)
+    return optimizer.history
 
 
 def run_gauss_newton(
@@ -651,19 +732,6 @@ def run_gauss_newton(
     the run stops with an error. ``on_step`` (optional) sees the working parameters after each
     step. Returns the history of :class:`StepInfo`.
     """
-    gn = GaussNewton(module, config)
-    bar = tqdm(total=config.steps, disable=not progress, desc="Gauss-Newton")
-    start = time.perf_counter()
-    try:
-        for step in step_indices(config.steps, config.max_seconds):
-            info = gn.step(*make_batch_fns(step))
-            if on_step is not None:
-                on_step(step + 1, time.perf_counter() - start, gn.params)
-            bar.set_postfix(
-                loss=f"{info.loss_after:.4e}", eta=f"{info.step_size:g}", cg=info.cg_iters
-            )
-            bar.update()
-    finally:
-        bar.close()
-        gn.copy_to(module)
-    return gn.history
+    return run_finetuner_loop(
+        GaussNewton(module, config), module, make_batch_fns, progress, on_step
+    )

@@ -20,7 +20,7 @@ Woodbury Gauss-Newton step :math:`J^\\top (J J^\\top + \\lambda I)^{-1} r` of
 optional bias correction divides :math:`\\phi_k` by :math:`\\sqrt{1 - \\mu^{2k}}` before the step.
 
 The ``N x N`` system is solved either by Cholesky on the explicit per-point Jacobian
-(``"woodbury"``, with the Gram matrix in ``gram_dtype``, float64 by default) or matrix-free
+(``"woodbury"``, with the Gram matrix in ``gram_dtype`` precision, float64 by default) or matrix-free
 (``"cg"``): conjugate gradient in residual space on :math:`(J J^\\top + \\lambda I) y = \\zeta`
 with the Jacobian products of :func:`~pdesampler.optim.gauss_newton.linearize`, for batches too
 large to form :math:`J`.
@@ -35,20 +35,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pdesampler.optim.gauss_newton import (
     DTYPES,
+    GRAM_PRECISIONS,
+    FineTuner,
     JacobianFn,
-    Params,
     ResidualFn,
     StepHook,
     StepInfo,
     check_choices,
     conjugate_gradient,
-    damped_cholesky_solve,
+    gram_solve,
     linearize,
-    step_indices,
+    run_finetuner_loop,
     unflatten,
 )
 
@@ -56,7 +56,7 @@ __all__ = ["Spring", "SpringConfig", "run_spring"]
 
 _CHOICES = {
     "solver": ("auto", "woodbury", "cg"),
-    "gram_dtype": tuple(DTYPES),
+    "gram_dtype": GRAM_PRECISIONS,
     "dtype": (None, *DTYPES),
 }
 
@@ -75,7 +75,9 @@ class SpringConfig:
         solver: ``"woodbury"`` (explicit per-point Jacobian, Cholesky), ``"cg"`` (matrix-free
             CG in residual space) or ``"auto"`` (Woodbury when a ``point_jacobian_fn`` is given
             and the Jacobian fits ``jacobian_max_bytes``).
-        gram_dtype: dtype of the ``N x N`` Gram matrix and its solve (``"woodbury"``).
+        gram_dtype: precision of the ``N x N`` Gram matrix and its solve (``"woodbury"``):
+            ``"float64"``, ``"float32"`` or ``"mixed"`` (product in the working dtype,
+            Cholesky in float64).
         cg_max_iter: CG iteration limit (``"cg"``).
         cg_rtol: CG relative residual tolerance (``"cg"``).
         jacobian_max_bytes: memory budget of the explicit Jacobian for ``solver="auto"``.
@@ -114,7 +116,7 @@ class SpringConfig:
             raise ValueError(f"resample_every must be >= 1, got {self.resample_every}")
 
 
-class Spring:
+class Spring(FineTuner):
     """SPRING on any residual closure; see the module docstring.
 
     Args:
@@ -128,33 +130,24 @@ class Spring:
         history: one :class:`~pdesampler.optim.gauss_newton.StepInfo` per :meth:`step`.
     """
 
-    def __init__(self, params: nn.Module | Mapping[str, Tensor], config: SpringConfig) -> None:
-        if isinstance(params, nn.Module):
-            params = {n: p for n, p in params.named_parameters() if p.requires_grad}
-        if not params:
-            raise ValueError("Spring needs at least one parameter")
-        self.config = config
-        dtype = DTYPES[config.dtype] if config.dtype else None
-        self.params: Params = {n: p.detach().to(dtype=dtype, copy=True) for n, p in params.items()}
-        self.direction: Tensor | None = None
-        self.history: list[StepInfo] = []
-        self._accepted = 0
-        self._bad_steps = 0
+    NAME = "SPRING"
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The working dtype: the closures' inputs must use it."""
-        return next(iter(self.params.values())).dtype
+    def __init__(self, params: nn.Module | Mapping[str, Tensor], config: SpringConfig) -> None:
+        super().__init__(params, config)
+        self.direction: Tensor | None = None
+        self._accepted = 0
 
     def step(
         self,
         residual_fn: ResidualFn,
         point_jacobian_fn: JacobianFn | None = None,
         search_fn: ResidualFn | None = None,
+        curvature_fn: ResidualFn | None = None,
     ) -> StepInfo:
-        """One SPRING step on one batch. ``search_fn`` is accepted for the trainer's common
-        interface and ignored: the step length is fixed and capped, with no line search."""
-        del search_fn
+        """One SPRING step on one batch. ``search_fn`` and ``curvature_fn`` are accepted for
+        the trainer's common interface and ignored: the step length is fixed and capped, with
+        no line search, and the curvature is the batch's own."""
+        del search_fn, curvature_fn
         start = time.perf_counter()
         cfg = self.config
         num_params = sum(p.numel() for p in self.params.values())
@@ -169,15 +162,13 @@ class Spring:
             residual, jvp = lin.residual, lin.jvp
         loss0 = float(residual.square().sum())
         if not math.isfinite(loss0):
-            return self._reject(loss0, start, "non-finite loss")
+            return self._reject(loss0, "", start, "non-finite loss")
         zeta = residual
         if self.direction is not None and cfg.momentum > 0:
             zeta = residual - cfg.momentum * jvp(self.direction)
         if explicit:
-            gram_dtype = DTYPES[cfg.gram_dtype]
-            wide = jacobian.to(gram_dtype)
-            solve = damped_cholesky_solve(wide @ wide.T, zeta.to(gram_dtype), cfg.damping)
-            update, cg_iters, cg_res = jacobian.T @ solve.to(jacobian.dtype), 0, None
+            solve = gram_solve(jacobian, zeta, cfg.damping, cfg.gram_dtype)
+            update, cg_iters, cg_res = jacobian.T @ solve, 0, None
         else:
             result = conjugate_gradient(
                 lambda u: lin.jvp(lin.vjp(u)) + cfg.damping * u,
@@ -193,7 +184,7 @@ class Spring:
         solver = "woodbury" if explicit else "cg"
         direction = update if self.direction is None else update + cfg.momentum * self.direction
         if not bool(torch.isfinite(direction).all()):
-            return self._reject(loss0, start, "non-finite direction", solver, cg_iters, cg_res)
+            return self._reject(loss0, solver, start, "non-finite direction", cg_iters, cg_res)
         self._bad_steps = 0
         self.direction = direction
         self._accepted += 1
@@ -207,13 +198,6 @@ class Spring:
         info = StepInfo(loss0, math.nan, eta, cg_iters, cg_res, solver, 0.0, True)
         info.damping = cfg.damping
         return self._record(info, start)
-
-    def copy_to(self, module: nn.Module) -> None:
-        """Write the current parameters into ``module``, each in its own dtype."""
-        own = dict(module.named_parameters())
-        with torch.no_grad():
-            for name, value in self.params.items():
-                own[name].copy_(value)
 
     # ------------------------------------------------------------------ helpers
     def _explicit(
@@ -235,31 +219,6 @@ class Spring:
             rows = residual_fn(self.params).numel()
         return rows * num_params * self.dtype.itemsize <= cfg.jacobian_max_bytes
 
-    def _reject(
-        self,
-        loss0: float,
-        start: float,
-        reason: str,
-        solver: str = "",
-        cg_iters: int = 0,
-        cg_res: float | None = None,
-    ) -> StepInfo:
-        self._bad_steps += 1
-        info = self._record(
-            StepInfo(loss0, loss0, 0.0, cg_iters, cg_res, solver, 0.0, False, reason), start
-        )
-        if self._bad_steps >= self.config.nan_patience:
-            raise RuntimeError(
-                f"SPRING: {self._bad_steps} consecutive non-finite steps ({reason}, last loss "
-                f"{loss0}); parameters left at the last finite step"
-            )
-        return info
-
-    def _record(self, info: StepInfo, start: float) -> StepInfo:
-        info.seconds = time.perf_counter() - start
-        self.history.append(info)
-        return info
-
 
 def run_spring(
     module: nn.Module,
@@ -277,19 +236,6 @@ def run_spring(
     ``module`` at the end, also when the run stops with an error.
     """
     spring = Spring(module, config)
-    bar = tqdm(total=config.steps, disable=not progress, desc="SPRING")
-    fns: tuple = ()
-    start = time.perf_counter()
-    try:
-        for step in step_indices(config.steps, config.max_seconds):
-            if step % config.resample_every == 0:
-                fns = make_batch_fns(step)
-            info = spring.step(*fns[:2])
-            if on_step is not None:
-                on_step(step + 1, time.perf_counter() - start, spring.params)
-            bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
-            bar.update()
-    finally:
-        bar.close()
-        spring.copy_to(module)
-    return spring.history
+    return run_finetuner_loop(
+        spring, module, make_batch_fns, progress, on_step, resample_every=config.resample_every
+    )
