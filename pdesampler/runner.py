@@ -117,13 +117,17 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(_clean(data), indent=2, default=str))
 
 
-def collocation_settings(collocation: dict[str, Any], residual: Residual) -> tuple[str, dict]:
+def collocation_settings(
+    collocation: dict[str, Any], residual: Residual | TrajectoryLoss
+) -> tuple[str, dict]:
     """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
     collocation, ``collocation=default``), a loss with a sampler of its own (linear / learned:
     trajectory, gradflow: ou) keeps it with its defaults; the problem's kind and options replace
     only the [S63] box."""
     box_width = {"prior_box_width": collocation["prior_box_width"]}
-    if collocation.get("keep_loss_sampler") and residual.default_collocation != "box":
+    # A trajectory baseline has no collocation (it simulates its own paths; train ignores it).
+    own = getattr(residual, "default_collocation", "box")
+    if collocation.get("keep_loss_sampler") and own != "box":
         return "default", box_width
     return str(collocation["kind"]), {**box_width, **collocation["options"]}
 
