@@ -117,7 +117,8 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Params:
     return {name: c.view_as(t) for (name, t), c in zip(like.items(), chunks, strict=True)}
 
 
-def _num_params(params: Mapping[str, Tensor]) -> int:
+def num_params(params: Mapping[str, Tensor]) -> int:
+    """The number of scalars in a parameter dict."""
     return sum(t.numel() for t in params.values())
 
 
@@ -650,7 +651,7 @@ class GaussNewton(FineTuner):
         self, lin: Linearization, jacobian_fn: JacobianFn, solver: str
     ) -> Tensor:
         jacobian = jacobian_fn(self.params)
-        expected = (lin.residual.numel(), _num_params(self.params))
+        expected = (lin.residual.numel(), num_params(self.params))
         if tuple(jacobian.shape) != expected:
             raise ValueError(
                 f"point_jacobian_fn returned shape {tuple(jacobian.shape)}; expected (M, P) = "
@@ -663,11 +664,11 @@ class GaussNewton(FineTuner):
     def _choose_solver(self, num_residuals: int, point_jacobian_fn: JacobianFn | None) -> str:
         if self.config.solver != "auto":
             return self.config.solver
-        num_params = _num_params(self.params)
-        jacobian_bytes = num_residuals * num_params * self.dtype.itemsize
+        total = num_params(self.params)
+        jacobian_bytes = num_residuals * total * self.dtype.itemsize
         fits = jacobian_bytes <= self.config.jacobian_max_bytes
         explicit = point_jacobian_fn is not None and fits
-        return "woodbury" if explicit and num_residuals < num_params else "cg"
+        return "woodbury" if explicit and num_residuals < total else "cg"
 
     def _warm_start(self) -> Tensor | None:
         if not self.config.warm_start or self._previous is None:

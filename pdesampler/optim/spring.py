@@ -48,6 +48,7 @@ from pdesampler.optim.gauss_newton import (
     conjugate_gradient,
     gram_solve,
     linearize,
+    num_params,
     run_finetuner_loop,
     unflatten,
 )
@@ -150,11 +151,9 @@ class Spring(FineTuner):
         del search_fn, curvature_fn
         start = time.perf_counter()
         cfg = self.config
-        num_params = sum(p.numel() for p in self.params.values())
-        explicit = self._explicit(point_jacobian_fn, num_params, residual_fn)
+        residual = self._explicit_residual(residual_fn, point_jacobian_fn)
+        explicit = residual is not None
         if explicit:
-            with torch.no_grad():
-                residual = residual_fn(self.params).detach()
             jacobian = point_jacobian_fn(self.params)
             jvp = jacobian.__matmul__
         else:
@@ -200,24 +199,26 @@ class Spring(FineTuner):
         return self._record(info, start)
 
     # ------------------------------------------------------------------ helpers
-    def _explicit(
-        self, point_jacobian_fn: JacobianFn | None, num_params: int, residual_fn: ResidualFn
-    ) -> bool:
+    def _explicit_residual(
+        self, residual_fn: ResidualFn, point_jacobian_fn: JacobianFn | None
+    ) -> Tensor | None:
+        """The batch's residual when the step uses the explicit Jacobian (Woodbury), else
+        ``None`` (CG). ``"auto"`` needs the row count, so the residual it evaluates is reused."""
         cfg = self.config
         if cfg.solver == "cg":
-            return False
+            return None
         if point_jacobian_fn is None:
             if cfg.solver == "woodbury":
                 raise ValueError(
                     "SPRING solver='woodbury' needs a point_jacobian_fn (a pointwise residual "
                     "with the exact trace estimator); use solver='cg'"
                 )
-            return False
-        if cfg.solver == "woodbury":
-            return True
+            return None
         with torch.no_grad():
-            rows = residual_fn(self.params).numel()
-        return rows * num_params * self.dtype.itemsize <= cfg.jacobian_max_bytes
+            residual = residual_fn(self.params).detach()
+        jacobian_bytes = residual.numel() * num_params(self.params) * self.dtype.itemsize
+        fits = cfg.solver == "woodbury" or jacobian_bytes <= cfg.jacobian_max_bytes
+        return residual if fits else None
 
 
 def run_spring(
