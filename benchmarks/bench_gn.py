@@ -90,6 +90,13 @@ def build(problem: dict, width: int, seed: int, dtype: torch.dtype = torch.float
     return residual.to(dtype)
 
 
+def restored(problem: dict, args, state: dict):
+    """The problem's residual holding the weights ``state``."""
+    residual = build(problem, args.width, args.seed)
+    residual.load_state_dict(state)
+    return residual
+
+
 def collocation(problem: dict, residual, seed: int):
     """The problem preset's collocation sampler for ``residual``, seeded."""
     settings = problem_settings(problem["preset"])
@@ -229,8 +236,7 @@ def confirm_metrics(args, residual) -> dict:
 
 def run_arm(args, problem: dict, start_state: dict, batches: dict, arm: str, lr=None) -> dict:
     """Continue from ``start_state`` for ``--arm-seconds`` with one arm; score it."""
-    residual = build(problem, args.width, args.seed)
-    residual.load_state_dict(start_state)
+    residual = restored(problem, args, start_state)
     marks = [args.arm_seconds * (i + 1) / args.curve_points for i in range(args.curve_points - 1)]
     snaps = Snapshots(marks)
     if arm == "adam":
@@ -268,8 +274,7 @@ def run_arm(args, problem: dict, start_state: dict, batches: dict, arm: str, lr=
 
 def adam_step_seconds(problem: dict, args, state: dict, batch: int, repeats: int = 20) -> float:
     """Median seconds of one Adam step (loss, backward, update) at ``batch`` points."""
-    residual = build(problem, args.width, args.seed)
-    residual.load_state_dict(state)
+    residual = restored(problem, args, state)
     sampler = collocation(problem, residual, args.seed)
     sampler.update(0)
     optimizer = torch.optim.Adam(residual.parameters(), lr=1e-5)
@@ -287,8 +292,7 @@ def adam_step_seconds(problem: dict, args, state: dict, batch: int, repeats: int
 def cg_iteration_seconds(problem: dict, args, state: dict, batch: int, repeats: int = 10) -> float:
     """Median seconds of one CG iteration of Hessian-free GN, a Gramian-vector product
     :math:`J^\\top (J v)` (double vjp on one linearization), at ``batch`` points."""
-    residual = build(problem, args.width, args.seed)
-    residual.load_state_dict(state)
+    residual = restored(problem, args, state)
     sampler = collocation(problem, residual, args.seed)
     sampler.update(0)
     x, t = sampler(batch)
@@ -318,8 +322,7 @@ def best_arms(arms: dict) -> tuple[str, str]:
 def confirm(args, problem: dict, arm: dict) -> None:
     """Re-score ``arm`` on more samples and seeds (:func:`confirm_metrics`); the screening
     figures move under ``"screen"``."""
-    residual = build(problem, args.width, args.seed)
-    residual.load_state_dict(arm["state"])
+    residual = restored(problem, args, arm["state"])
     keys = ("one_minus_ess", "dlogZ", "dlogZ_stderr", "n_dlogZ", "n_nonfinite", "evaluation")
     arm["screen"] = {k: arm[k] for k in keys}
     arm.update(confirm_metrics(args, residual))
@@ -402,8 +405,7 @@ def main() -> None:
         start_state = plateau(args, name, problem)
         if args.plateau_only:
             continue
-        residual = build(problem, args.width, args.seed)
-        residual.load_state_dict(start_state["model"])
+        residual = restored(problem, args, start_state["model"])
         batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
         start = {
             "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
