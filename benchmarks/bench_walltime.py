@@ -18,30 +18,31 @@ import torch
 from bench_gn import PROBLEMS, build
 
 from pdesampler import evaluate, train
+from pdesampler.problems import problem_settings
 from pdesampler.runner import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(target_name: str, seconds: float, width: int, collocation: str, box: float, seed: int):
-    residual = build(target_name, seed, width)
+def run(name: str, seconds: float, width: int, collocation: str, options: dict, seed: int):
+    residual = build(PROBLEMS[name], width, seed)
     result = train(
         residual,
         adam={"steps": 10**7, "checkpoint_every": 0},
         batch_size=1024,
         collocation=collocation,
-        collocation_options={"prior_box_width": box},
+        collocation_options=options,
         seed=seed,
         max_seconds=seconds,
         progress=False,
     )
     m = evaluate(residual, n_samples=10_000, seed=seed + 1, nll=False, sinkhorn_max_samples=2000)
     return {
-        "target": target_name,
+        "target": name,
         "seconds": seconds,
         "width": width,
         "collocation": collocation,
-        "prior_box_width": box,
+        "prior_box_width": options["prior_box_width"],
         "steps": result.adam.steps,
         "sec_per_it": result.adam.seconds / max(result.adam.steps, 1),
         **{k: m.metrics[k] for k in ("ess", "dlogZ", "log_Z_lb", "log_z_learned", "dstd", "w2")},
@@ -61,14 +62,15 @@ def main() -> None:
     header = f"{'target':6} {'setup':28} {'s':>5} {'steps':>6} {'ESS':>7} {'dlogZ':>8} {'dstd':>7}"
     print(header, flush=True)
     for name in args.targets:
-        setups = [(args.width, PROBLEMS[name]["collocation"], PROBLEMS[name]["prior_box_width"], b)
-                  for b in args.budgets]  # fmt: skip
+        preset = problem_settings(PROBLEMS[name]["preset"])
+        tuned = (preset["collocation"], preset["collocation_options"])
+        setups = [(args.width, *tuned, b) for b in args.budgets]
         if not args.no_plain:
-            setups.append((64, "box", 5.0, 200.0))
-        for width, collocation, box, seconds in setups:
-            row = run(name, seconds, width, collocation, box, args.seed)
+            setups.append((64, "box", {"prior_box_width": 5.0}, 200.0))
+        for width, collocation, options, seconds in setups:
+            row = run(name, seconds, width, collocation, options, args.seed)
             rows.append(row)
-            label = f"w{width} {collocation} box+-{box:g}"
+            label = f"w{width} {collocation} box+-{options['prior_box_width']:g}"
             print(
                 f"{name:6} {label:28} {seconds:5.0f} {row['steps']:6d} {row['ess']:7.4f} "
                 f"{row['dlogZ']:8.4f} {row['dstd']:7.4f}",

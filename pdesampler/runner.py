@@ -19,16 +19,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.checks import check_config
-from pdesampler.evaluate import evaluate
+from pdesampler.evaluate import Evaluation, evaluate
 from pdesampler.launch import run_lock
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
+from pdesampler.optim.gauss_newton import StepHook
 from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
-from pdesampler.train import CHECKPOINT, train
+from pdesampler.train import CHECKPOINT, TrainResult, train
 
-__all__ = ["METRICS_FILE", "REQUIRED_METRICS", "is_complete", "resolve_device", "run_experiment"]
+__all__ = [
+    "METRICS_FILE",
+    "REQUIRED_METRICS",
+    "evaluate_run",
+    "is_complete",
+    "resolve_device",
+    "run_experiment",
+    "train_run",
+]
 
 METRICS_FILE = "metrics.json"
 REQUIRED_METRICS = (
@@ -132,6 +141,66 @@ def collocation_settings(
     return str(collocation["kind"]), {**box_width, **collocation["options"]}
 
 
+def train_run(
+    cfg: DictConfig,
+    residual: Residual | TrajectoryLoss,
+    checkpoint_dir: str | Path | None = None,
+    on_step: StepHook | None = None,
+) -> TrainResult:
+    """Train ``residual`` as ``cfg`` says (``cfg.optim``, the collocation, batch, seed); the
+    ``train`` call of :func:`run_experiment`, for benchmarks that watch a run (``on_step``)."""
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    gn = optim.pop("gn", None)
+    max_seconds = optim.pop("max_seconds", None)
+    gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
+    gn_batch_size = gn.pop("batch_size", None) if gn else None
+    collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
+    kind, options = collocation_settings(collocation, residual)
+    return train(
+        residual,
+        adam=optim,
+        gn=gn,
+        batch_size=int(cfg.batch_size),
+        collocation=kind,
+        collocation_options=options,
+        seed=int(cfg.seed),
+        max_seconds=max_seconds,
+        gn_time_fraction=gn_time_fraction,
+        gn_batch_size=gn_batch_size,
+        checkpoint_dir=checkpoint_dir,
+        progress=bool(cfg.progress),
+        on_step=on_step,
+    )
+
+
+def evaluate_run(
+    cfg: DictConfig,
+    residual: Residual | TrajectoryLoss,
+    n_samples: int | None = None,
+    nll: bool | None = None,
+    figures: bool = False,
+) -> Evaluation:
+    """Evaluate ``residual`` with ``cfg.sampler`` and ``cfg.eval``; ``n_samples`` and ``nll``
+    override the config's (a benchmark scoring snapshots uses fewer samples)."""
+    sampler_cfg, eval_cfg = cfg.sampler, cfg.eval
+    return evaluate(
+        residual,
+        n_samples=int(eval_cfg.n_samples if n_samples is None else n_samples),
+        seed=int(cfg.seed) + 1,
+        method=str(sampler_cfg.method),
+        steps=int(sampler_cfg.steps),
+        sde_steps=int(sampler_cfg.sde_steps),
+        batch_size=int(sampler_cfg.batch_size),
+        trace=str(sampler_cfg.trace),
+        sinkhorn_blur=float(eval_cfg.sinkhorn_blur),
+        sinkhorn_max_samples=int(eval_cfg.sinkhorn_max_samples),
+        energy_batch=int(eval_cfg.energy_batch),
+        nll=bool(eval_cfg.nll if nll is None else nll),
+        n_nll=int(eval_cfg.n_nll),
+        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0,
+    )
+
+
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate the run described by ``cfg``, writing everything into ``out_dir``.
 
@@ -159,47 +228,10 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
         raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     residual = build(cfg, device, dtype)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    gn = optim.pop("gn", None)
-    max_seconds = optim.pop("max_seconds", None)
-    gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
-    gn_batch_size = gn.pop("batch_size", None) if gn else None
-    collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
-    kind, options = collocation_settings(collocation, residual)
-    result = train(
-        residual,
-        adam=optim,
-        gn=gn,
-        batch_size=int(cfg.batch_size),
-        collocation=kind,
-        collocation_options=options,
-        seed=int(cfg.seed),
-        max_seconds=max_seconds,
-        gn_time_fraction=gn_time_fraction,
-        gn_batch_size=gn_batch_size,
-        checkpoint_dir=out,
-        progress=bool(cfg.progress),
-    )
+    result = train_run(cfg, residual, checkpoint_dir=out)
     torch.save(residual.state_dict(), out / "model.pt")
-    sampler_cfg, eval_cfg = cfg.sampler, cfg.eval
-    report = evaluate(
-        residual,
-        n_samples=int(eval_cfg.n_samples),
-        seed=int(cfg.seed) + 1,
-        method=str(sampler_cfg.method),
-        steps=int(sampler_cfg.steps),
-        sde_steps=int(sampler_cfg.sde_steps),
-        batch_size=int(sampler_cfg.batch_size),
-        trace=str(sampler_cfg.trace),
-        sinkhorn_blur=float(eval_cfg.sinkhorn_blur),
-        sinkhorn_max_samples=int(eval_cfg.sinkhorn_max_samples),
-        energy_batch=int(eval_cfg.energy_batch),
-        nll=bool(eval_cfg.nll),
-        n_nll=int(eval_cfg.n_nll),
-        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1)
-        if eval_cfg.figures
-        else 0,
-    )
+    eval_cfg = cfg.eval
+    report = evaluate_run(cfg, residual, figures=bool(eval_cfg.figures))
     metrics = {
         **report.metrics,
         **result.summary(),

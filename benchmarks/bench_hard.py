@@ -1,0 +1,207 @@
+"""Quality per CPU-minute on the hard targets: ESS (and the goal's other metrics) against wall
+time, one run per method with the problem's tuned preset (configs/problem/).
+
+    python benchmarks/bench_hard.py                                # every goal (about 2.5 h)
+    python benchmarks/bench_hard.py --problems fab_mw8 --methods learned --scale 0.5
+    python benchmarks/bench_hard.py --threads 1 --problems mw5 &   # two goals side by side
+    python benchmarks/bench_hard.py --threads 1 --problems gmm40 &
+
+Each run is built from the same Hydra config as ``python benchmarks/run.py problem=<p>
+loss=<m>``, trains for the goal's budget (times ``--scale``) and keeps a copy of the weights at
+``--curve-points`` wall-clock marks; the copies are scored after training (so scoring costs no
+training time) on ``--n-curve`` samples, the final weights on the config's ``eval.n_samples``.
+Finished runs are merged into ``results/bench_hard.json`` one at a time and are not redone
+(``--force`` redoes them), so goals can run in separate processes and an interrupted benchmark
+resumes. The figure ``results/bench_hard.png`` has one panel of ESS against wall time per
+problem, one line per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from pdesampler.problems import problem_overrides
+from pdesampler.runner import build, evaluate_run, train_run, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+# The goals of the hard-targets issue: budget in seconds, the methods raced (Hydra overrides on
+# top of the problem preset) and the thresholds. "nll_gap": forward NLL minus the entropy.
+GOALS = {
+    "mw5": {
+        "label": "MW 5/5/4", "seconds": 600, "goal": {"ess": 0.99, "dlogZ": 0.01},
+        "methods": {"logce": ["loss=logce"]},
+    },
+    "fab_mw8": {
+        "label": "ManyWell-8 (FAB)", "seconds": 900, "goal": {"ess": 0.9},
+        "methods": {m: [f"loss={m}"] for m in ("linear", "learned", "gradflow", "logce")},
+    },
+    "gmm40": {
+        "label": "GMM-40", "seconds": 900, "goal": {"ess": 0.5, "nll_gap": 0.2},
+        "methods": {m: [f"loss={m}"] for m in ("linear", "learned", "gradflow")},
+    },
+    "mw50": {
+        "label": "MW 50/5/2", "seconds": 1200, "goal": {"ess": 0.5},
+        "methods": {
+            "logce_exact": ["loss=logce", "trace.kind=exact"],
+            "logce_hutchinson": ["loss=logce", "trace.kind=hutchinson"],
+        },
+    },
+}  # fmt: skip
+
+
+def run_config(problem: str, overrides: list[str]) -> DictConfig:
+    """The config ``run.py problem=<problem> <overrides>`` would run."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", problem_overrides([f"problem={problem}", *overrides]))
+
+
+class WallClockSnapshots:
+    """``on_step`` hook: a copy of the parameters at the first step past each mark, in seconds
+    since the hook was made (the whole training, not one optimizer phase)."""
+
+    def __init__(self, marks: list[float]) -> None:
+        self.start = time.perf_counter()
+        self.marks, self.taken = list(marks), []
+
+    def __call__(self, step: int, elapsed: float, params) -> None:
+        now = time.perf_counter() - self.start
+        if self.marks and now >= self.marks[0]:
+            self.marks.pop(0)
+            self.taken.append((now, {k: v.detach().clone() for k, v in params.items()}))
+
+
+def goal_metrics(metrics: dict, entropy: float | None) -> dict:
+    out = {k: metrics.get(k) for k in ("ess", "dlogZ", "nll", "w2", "dstd", "energy_distance")}
+    if entropy is not None and out.get("nll") is not None:
+        out["nll_gap"] = out["nll"] - entropy
+    return out
+
+
+def meets(point: dict, goal: dict) -> bool:
+    """Whether ``point`` reaches every threshold: ESS at least, the others at most."""
+    for key, threshold in goal.items():
+        value = point.get(key)
+        if value is None or not math.isfinite(value):
+            return False
+        if (value < threshold) if key == "ess" else (abs(value) > threshold):
+            return False
+    return True
+
+
+def run_method(args, problem: str, spec: dict, overrides: list[str]) -> dict:
+    seconds = spec["seconds"] * args.scale
+    cfg = run_config(
+        problem,
+        [*overrides, f"optim.max_seconds={seconds}", "optim.steps=100000000",
+         f"seed={args.seed}", "progress=false", *args.override],
+    )  # fmt: skip
+    residual = build(cfg, torch.device("cpu"), torch.float32)
+    marks = [seconds * (i + 1) / args.curve_points for i in range(args.curve_points - 1)]
+    snaps = WallClockSnapshots(marks)
+    result = train_run(cfg, residual, on_step=snaps)
+    train_seconds = time.perf_counter() - snaps.start
+    entropy = getattr(residual.target, "entropy", None) if "nll_gap" in spec["goal"] else None
+    curve = []
+    for elapsed, params in snaps.taken:
+        model = copy.deepcopy(residual)
+        model.load_state_dict(params, strict=False)
+        m = evaluate_run(cfg, model, n_samples=args.n_curve, nll=entropy is not None)
+        curve.append({"seconds": elapsed, **goal_metrics(m.metrics, entropy)})
+    final = goal_metrics(evaluate_run(cfg, residual).metrics, entropy)
+    curve.append({"seconds": train_seconds, **final})
+    reached = next((p["seconds"] for p in curve if meets(p, spec["goal"])), None)
+    return {
+        "overrides": overrides, "budget_seconds": seconds, "train_seconds": train_seconds,
+        "steps": result.adam.steps + len(result.gn_history), "threads": torch.get_num_threads(),
+        "final": final, "curve": curve, "goal_met": meets(final, spec["goal"]),
+        "goal_reached_at_seconds": reached, "entropy": entropy,
+        "n_curve": args.n_curve, "n_final": int(cfg.eval.n_samples),
+    }  # fmt: skip
+
+
+def plot(report: dict, path: Path) -> Path:
+    names = [p for p in GOALS if report.get(p, {}).get("methods")]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for method, run in report[name]["methods"].items():
+            points = [(p["seconds"] / 60, p["ess"]) for p in run["curve"] if p["ess"] is not None]
+            ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        ax.axhline(GOALS[name]["goal"]["ess"], color="grey", ls="--", lw=1, label="goal")
+        ax.set(title=GOALS[name]["label"], xlabel="CPU minutes", ylabel="ESS", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_run(out: Path, problem: str, method: str, run: dict) -> dict:
+    """Merge one finished run into ``out`` (re-read first: other processes write it too)."""
+    report = json.loads(out.read_text()) if out.exists() else {}
+    entry = report.setdefault(problem, {"label": GOALS[problem]["label"], "methods": {}})
+    entry["goal"] = GOALS[problem]["goal"]
+    entry["methods"][method] = run
+    finals = {m: r["final"]["ess"] or 0.0 for m, r in entry["methods"].items()}
+    entry["best_method"] = max(finals, key=finals.get)
+    entry["goal_met"] = any(r["goal_met"] for r in entry["methods"].values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, report)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", nargs="+", default=list(GOALS), choices=list(GOALS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each budget")
+    parser.add_argument("--curve-points", type=int, default=6)
+    parser.add_argument("--n-curve", type=int, default=2000, help="samples per curve point")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for all runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--force", action="store_true", help="redo runs already in --out")
+    parser.add_argument("--out", default=str(RESULTS / "bench_hard.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for problem in args.problems:
+        spec = GOALS[problem]
+        for method, overrides in spec["methods"].items():
+            if args.methods and method not in args.methods:
+                continue
+            done = json.loads(out.read_text()).get(problem, {}) if out.exists() else {}
+            if method in done.get("methods", {}) and not args.force:
+                print(f"{problem} {method}: done, skipped (--force redoes it)", flush=True)
+                continue
+            run = run_method(args, problem, spec, overrides)
+            report = save_run(out, problem, method, run)
+            final = run["final"]
+            print(
+                f"{problem:8} {method:17} {run['train_seconds']:6.0f} s {run['steps']:6d} steps | "
+                + " ".join(f"{k} {v:.4g}" for k, v in final.items() if v is not None)
+                + f" | goal {'met' if run['goal_met'] else 'missed'}",
+                flush=True,
+            )
+            plot(report, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
