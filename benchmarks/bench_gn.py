@@ -70,7 +70,7 @@ ARMS = {
     },
     "spring": {
         "batch": 512,
-        "gn": {"method": "spring", "lr": 0.1, "momentum": 0.95, "damping": 1e-4,
+        "gn": {"method": "spring", "lr": 0.1, "momentum": 0.99, "damping": 1e-4,
                "norm_cap": 0.1, "solver": "woodbury", "gram_dtype": "mixed"},
     },
     "hfgn": {
@@ -352,7 +352,8 @@ def compare(arms: dict, adam_key: str, best: str, start: dict) -> dict:
     }  # fmt: skip
 
 
-def plot(name: str, label: str, arms: dict, start: dict) -> Path:
+def plot(path: Path, label: str, arms: dict, start: dict) -> Path:
+    """Loss and 1 - ESS against extra wall time, every arm, into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,7 +370,6 @@ def plot(name: str, label: str, arms: dict, start: dict) -> Path:
     axes[0].legend()
     fig.suptitle(f"{label}: fine-tuning from the Adam plateau")
     fig.tight_layout()
-    path = RESULTS / f"bench_gn_{name}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -450,7 +450,8 @@ def main() -> None:
                 f"(significant: {entry['dlogZ_difference_significant']})",
                 flush=True,
             )
-        entry["figure"] = str(plot(name, problem["label"], arms, start).relative_to(ROOT))
+        figure = plot(out.with_name(f"{out.stem}_{name}.png"), problem["label"], arms, start)
+        entry["figure"] = figure.name  # next to the JSON
         for arm in arms.values():
             arm.pop("state")
         report[name] = entry

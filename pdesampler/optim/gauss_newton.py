@@ -281,7 +281,7 @@ def damped_cholesky_solve(gram: Tensor, rhs: Tensor, eps: float) -> Tensor:
     warnings.warn(
         f"Gauss-Newton: Cholesky of the damped {gram.shape[0]}x{gram.shape[0]} Gram matrix "
         f"failed (eps={eps:g}, dtype={gram.dtype}); using an eigendecomposition pseudo-inverse. "
-        "Consider a larger damping or dtype='float64'.",
+        "Consider a larger damping, or gram_dtype='float64' (the product in float64 too).",
         RuntimeWarning,
         stacklevel=4,
     )
