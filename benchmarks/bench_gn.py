@@ -181,12 +181,17 @@ def plateau(args, name: str, problem: dict) -> dict:
 
 class Snapshots:
     """``on_step`` hook: a copy of the parameters at the first step past each time mark (a
-    copy takes well under a millisecond; the evaluation happens after the arm)."""
+    copy takes well under a millisecond; the evaluation happens after the arm). Time is the
+    optimizer phase's own ``elapsed``, or with ``wall_clock`` the seconds since the hook was
+    made (the whole training, Adam and the fine-tuner together)."""
 
-    def __init__(self, marks: list[float]) -> None:
+    def __init__(self, marks: list[float], wall_clock: bool = False) -> None:
         self.marks, self.taken = list(marks), []
+        self.start = time.perf_counter() if wall_clock else None
 
     def __call__(self, step: int, elapsed: float, params) -> None:
+        if self.start is not None:
+            elapsed = time.perf_counter() - self.start
         if self.marks and elapsed >= self.marks[0]:
             self.marks.pop(0)
             self.taken.append((elapsed, step, {k: v.detach().clone() for k, v in params.items()}))

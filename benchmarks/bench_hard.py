@@ -19,7 +19,6 @@ problem, one line per method.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -30,11 +29,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from bench_gn import Snapshots, with_params
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from pdesampler.problems import problem_overrides
-from pdesampler.runner import build, evaluate_run, train_run, write_json
+from pdesampler.runner import (
+    build,
+    evaluate_run,
+    resolve_device,
+    resolve_dtype,
+    train_run,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -76,21 +83,6 @@ def run_config(problem: str, overrides: list[str]) -> DictConfig:
         return compose("config", problem_overrides([f"problem={problem}", *overrides]))
 
 
-class WallClockSnapshots:
-    """``on_step`` hook: a copy of the parameters at the first step past each mark, in seconds
-    since the hook was made (the whole training, not one optimizer phase)."""
-
-    def __init__(self, marks: list[float]) -> None:
-        self.start = time.perf_counter()
-        self.marks, self.taken = list(marks), []
-
-    def __call__(self, step: int, elapsed: float, params) -> None:
-        now = time.perf_counter() - self.start
-        if self.marks and now >= self.marks[0]:
-            self.marks.pop(0)
-            self.taken.append((now, {k: v.detach().clone() for k, v in params.items()}))
-
-
 def goal_metrics(metrics: dict, entropy: float | None) -> dict:
     keys = ("ess", "dlogZ", "nll", "w2", "dstd", "energy_distance", "n_nonfinite_samples")
     out = {k: metrics.get(k) for k in keys}
@@ -117,17 +109,17 @@ def run_method(args, problem: str, spec: dict, overrides: list[str]) -> dict:
         [*overrides, f"optim.max_seconds={seconds}", "optim.steps=100000000",
          f"seed={args.seed}", "progress=false", *args.override],
     )  # fmt: skip
-    residual = build(cfg, torch.device("cpu"), torch.float32)
+    residual = build(cfg, resolve_device(str(cfg.device)), resolve_dtype(str(cfg.dtype)))
     marks = [seconds * (i + 1) / args.curve_points for i in range(args.curve_points - 1)]
-    snaps = WallClockSnapshots(marks)
+    snaps = Snapshots(marks, wall_clock=True)
     result = train_run(cfg, residual, on_step=snaps)
     train_seconds = time.perf_counter() - snaps.start
     entropy = getattr(residual.target, "entropy", None) if "nll_gap" in spec["goal"] else None
     curve = []
-    for elapsed, params in snaps.taken:
-        model = copy.deepcopy(residual)
-        model.load_state_dict(params, strict=False)
-        m = evaluate_run(cfg, model, n_samples=args.n_curve, nll=entropy is not None)
+    for elapsed, _, params in snaps.taken:
+        m = evaluate_run(
+            cfg, with_params(residual, params), n_samples=args.n_curve, nll=entropy is not None
+        )
         curve.append({"seconds": elapsed, **goal_metrics(m.metrics, entropy)})
     start = time.perf_counter()
     final = goal_metrics(evaluate_run(cfg, residual).metrics, entropy)

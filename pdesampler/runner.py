@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_run",
     "is_complete",
     "resolve_device",
+    "resolve_dtype",
     "run_experiment",
     "train_run",
 ]
@@ -53,6 +54,14 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available; use device=cpu")
     return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a run's ``dtype`` key (``float32`` or ``float64``)."""
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dtypes[dtype]
 
 
 def auto_chunk_size(dim: int, width: int, device: torch.device) -> int | None:
@@ -223,10 +232,7 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if (out / CHECKPOINT).exists():
         print(f"resuming from {out / CHECKPOINT}", flush=True)
     device = resolve_device(str(cfg.device))
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.dtype))
-    if dtype is None:
-        raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
-    residual = build(cfg, device, dtype)
+    residual = build(cfg, device, resolve_dtype(str(cfg.dtype)))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     result = train_run(cfg, residual, checkpoint_dir=out)
     torch.save(residual.state_dict(), out / "model.pt")
