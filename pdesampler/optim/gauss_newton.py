@@ -558,16 +558,7 @@ class FineTuner:
 
 class GaussNewton(FineTuner):
     """Damped Gauss-Newton with a line search (SPEC section 5); see the module docstring.
-
-    Args:
-        params: an ``nn.Module`` (its parameters that require grad) or a dict of tensors. The
-            optimizer works on a detached copy in ``config.dtype``.
-        config: the settings.
-
-    Attributes:
-        params: the current parameters (detached, working dtype).
-        history: one :class:`StepInfo` per call of :meth:`step`.
-    """
+    Arguments and attributes as :class:`FineTuner`, with a :class:`GaussNewtonConfig`."""
 
     NAME = "Gauss-Newton"
 

@@ -118,17 +118,11 @@ class SpringConfig:
 
 
 class Spring(FineTuner):
-    """SPRING on any residual closure; see the module docstring.
-
-    Args:
-        params: an ``nn.Module`` (its parameters that require grad) or a dict of tensors. The
-            optimizer works on a detached copy in ``config.dtype``.
-        config: the settings.
+    """SPRING on any residual closure; see the module docstring. Arguments and attributes as
+    :class:`~pdesampler.optim.gauss_newton.FineTuner`, with a :class:`SpringConfig`, and:
 
     Attributes:
-        params: the current parameters (detached, working dtype).
         direction: :math:`\\phi_k` as a flat vector (``None`` before the first step).
-        history: one :class:`~pdesampler.optim.gauss_newton.StepInfo` per :meth:`step`.
     """
 
     NAME = "SPRING"
