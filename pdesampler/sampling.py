@@ -87,9 +87,11 @@ __all__ = [
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
-#: An adaptive solve that needs more steps (a trajectory that truly blows up) gives up, and its
-#: batch falls back to the fixed rk4 grid (whose non-finite samples evaluation counts and drops).
+#: An adaptive solve that needs more steps (a trajectory that truly blows up) gives up; its batch
+#: is bisected down to the samples that blow up, which fall back to the fixed rk4 grid (whose
+#: non-finite samples evaluation counts and drops).
 MAX_ADAPTIVE_STEPS = 1_000
+FIRST_STEP_FRACTION = 1e-3  # of the time span: the adaptive solvers' first step
 DEFAULT_BATCH_SIZE = 4096
 logger = logging.getLogger(__name__)
 
@@ -302,12 +304,16 @@ def _solve_augmented(
     atol: float,
     save_indices: list[int],
     fresh_probes: bool = False,
+    split_depth: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Integrate :math:`(x, \\ell)` from ``t_start`` to ``t_end`` for one batch.
 
     Fixed-step methods use the grid ``linspace(t_start, t_end, steps + 1)``; adaptive ones
-    choose their own steps. Returns the final ``x`` and ``ell``, the saved states of ``x``
-    (``(len(save_indices), b, d)``) and their times.
+    choose their own steps. One adaptive step size serves the whole batch, so where a few stray
+    samples make the drift too stiff for it (torchdiffeq gives up), the batch is halved and each
+    half solved again, down to single samples, which fall back to rk4 on the grid: the stiff
+    samples are isolated and the rest are still solved to tolerance. Returns the final ``x`` and
+    ``ell``, the saved states of ``x`` (``(len(save_indices), b, d)``) and their times.
     """
     dtype, device = x_start.dtype, x_start.device
     grid = torch.linspace(t_start, t_end, steps + 1, dtype=dtype, device=device)
@@ -321,6 +327,10 @@ def _solve_augmented(
     else:
         options["norm"] = _step_norm(x_only=not isinstance(estimator, Exact))
         options["max_num_steps"] = MAX_ADAPTIVE_STEPS
+        # torchdiffeq's first-step guess h0 = 0.01 |y0| / |f(y0)| can step far outside the time
+        # span where the drift is slow at t_start (the gradient flow at t = 1), and a non-finite
+        # trial there sets h = 0: start small instead and let the step control grow it.
+        options["first_step"] = FIRST_STEP_FRACTION * abs(t_end - t_start)
     field, start = _augmented_field(dynamics, estimator, probes), (x_start, ell_start)
     try:
         xs, ells = odeint(
@@ -329,8 +339,22 @@ def _solve_augmented(
     except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
         if method in FIXED_STEP_METHODS:
             raise
+        if b > 1:  # one step size serves the batch: isolate the stiff samples by bisection
+            if split_depth == 0:
+                logger.warning(
+                    "%s gave up on a batch of %d (%s); it splits the batch", method, b, err
+                )
+            kw = dict(estimator=estimator, method=method, steps=steps, rtol=rtol, atol=atol,
+                      save_indices=save_indices, fresh_probes=fresh_probes,
+                      split_depth=split_depth + 1)  # fmt: skip
+            halves = [
+                _solve_augmented(dynamics, x_start[sl], ell_start[sl], t_start, t_end, **kw)
+                for sl in (slice(0, b // 2), slice(b // 2, b))
+            ]
+            x, ell, traj, times = zip(*halves, strict=True)
+            return torch.cat(x), torch.cat(ell), torch.cat(traj, dim=1), times[0]
         logger.warning(
-            "%s gave up on a batch (%s); it falls back to rk4, %d steps", method, err, steps
+            "%s gave up on a sample (%s); it falls back to rk4, %d steps", method, err, steps
         )
         grid_only = {"grid_constructor": lambda func, y0, t: grid}
         xs, ells = odeint(field, start, t_eval, method="rk4", options=grid_only)

@@ -104,6 +104,20 @@ def test_the_app_composes_presets_and_command_line_choices_win(
     assert cfg.net.width == 128 and cfg.optim.lr == 5e-3
 
 
+@pytest.mark.parametrize("problem", ["gmm9", "mw5", "fab_mw8"])
+def test_the_fine_tuning_preset_is_spring_on_a_width_64_network(problem: str) -> None:
+    """optim=adam_gn: SPRING after Adam, at width 64 (README "Network size"); the width and the
+    SPRING settings stay overridable, and the Adam-only preset keeps the problem's width."""
+    cfg = composed(f"problem={problem}", "optim=adam_gn")
+    assert cfg.optim.gn.method == "spring" and cfg.optim.gn.momentum == 0.99
+    assert cfg.net.width == 64 and cfg.net.depth == 3
+    assert cfg.optim.lr == 5e-3 and cfg.optim.steps == 2000  # Adam's phase as in optim=adam
+    cfg = composed(f"problem={problem}", "optim=adam_gn", "net.width=128", "optim.gn.lr=0.05")
+    assert cfg.net.width == 128 and cfg.optim.gn.lr == 0.05
+    assert composed(f"problem={problem}", "optim=adam").net.width == 128
+    assert composed(f"problem={problem}", "optim=adam_spring").net.width == 128
+
+
 def test_methods_with_their_own_sampler_keep_it_under_a_preset() -> None:
     cfg = OmegaConf.to_container(composed("target=gmm9").collocation, resolve=True)
     sun = SimpleNamespace(default_collocation="box")

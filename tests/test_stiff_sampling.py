@@ -18,8 +18,10 @@ import math
 import torch
 from torch import Tensor
 
+from pdesampler import sampling
 from pdesampler.losses import Dynamics, gradflow
-from pdesampler.sampling import sample_ode
+from pdesampler.ops import Exact
+from pdesampler.sampling import _solve_augmented, sample_ode
 from pdesampler.targets import Gaussian
 
 F64 = torch.float64
@@ -69,6 +71,21 @@ def test_stiff_backward_ode_is_exact_with_auto_where_fixed_rk4_fails() -> None:
     assert auto_x < 1e-4 and auto_log_q < 1e-3, (auto_x, auto_log_q)
 
 
+def test_a_slow_start_does_not_throw_the_first_step_out_of_the_time_span() -> None:
+    """At t = 1 the flow above barely moves, so torchdiffeq's own first-step guess
+    (0.01 |y0| / |f(y0)|, about 44 here) would evaluate the drift at t = -43, where it
+    overflows; the solver then gave up on a lone sample. The first step is now a fixed share of
+    the span, and every lone sample is solved to tolerance."""
+    for x1 in (-2.0, 0.5, 2.5):
+        dyn = Dynamics(drift, Gaussian(0.0, 1.0, dim=1).double(), 1.0, 0.0, ode_method="dopri5")
+        x, _, _, _ = _solve_augmented(
+            dyn, torch.tensor([[x1]], dtype=F64), torch.zeros(1, dtype=F64), 1.0, 0.0,
+            estimator=Exact(), method="dopri5", steps=100, rtol=1e-5, atol=1e-5, save_indices=[],
+        )  # fmt: skip
+        one = torch.tensor(1.0, dtype=F64)
+        assert abs(x.item() - (M + S * (x1 - a(one) * M) / v(one).sqrt().item())) < 1e-4
+
+
 def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
     from pdesampler.sampling import _step_norm
 
@@ -78,14 +95,38 @@ def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
     assert math.isclose(finite.item(), math.sqrt(25 / 3), rel_tol=1e-6)
 
 
-def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog) -> None:
-    """dx/dt = x^3 from N(0, 1) blows up before t = 1 wherever |x0| > 1/sqrt(2): dopri5 cannot
-    pass the singularity; the batch falls back to rk4, whose small starts stay exact."""
-    prior = Gaussian(0.0, 1.0, dim=1).double()
+def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog, monkeypatch) -> None:
+    """dx/dt = x^3 from N(0, 1/4) blows up before t = 1 wherever |x0| > 1/sqrt(2): dopri5 cannot
+    pass the singularity; the batch is bisected down to the samples that blow up, which fall
+    back to rk4, and the small starts stay exact. (A cap of 300 steps keeps the test quick.)"""
+    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    prior = Gaussian(0.0, 0.5, dim=1).double()
     blowup = Dynamics(lambda x, t: x**3, prior, 0.0, 1.0, ode_method="dopri5")
-    out = sample_ode(blowup, 64, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
+    out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
     assert "falls back to rk4" in caplog.text
     small = out.x0[:, 0].abs() < 0.5
     exact = out.x0[small] / (1 - 2 * out.x0[small] ** 2).sqrt()  # x(1) of dx/dt = x^3
     assert torch.allclose(out.x[small], exact, rtol=1e-4)
     assert not torch.isfinite(out.x[~small]).all()
+
+
+def test_a_few_exploding_samples_do_not_spoil_the_rest_of_the_batch(monkeypatch) -> None:
+    """The stiff Gaussian flow above plus a term that blows up in finite time beyond x = 4
+    (``dy/ds = 1e3 y^3`` backwards): dopri5 cannot finish a batch holding such a sample, and a
+    fixed rk4 fallback for the whole batch would spoil every sample (the test above). Bisecting
+    the batch keeps the exact answer for every sample whose path stays below x = 4."""
+
+    def exploding(x: Tensor, t: Tensor) -> Tensor:
+        return drift(x, t) - 1e3 * torch.relu(x - 4.0) ** 3
+
+    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    prior = Gaussian(0.0, 2.0, dim=1).double()
+    dyn = Dynamics(exploding, prior, 1.0, 0.0, ode_method="dopri5")
+    out = sample_ode(dyn, 16, generator=torch.Generator().manual_seed(18), dtype=F64)
+    x1, one = out.x0[:, 0], torch.tensor(1.0, dtype=F64)
+    calm = x1 < 2.9  # |x_t| <= a_t M + |x1| < 4 along the whole path
+    assert calm.sum() == 15 and x1.max() > 4.5  # and one sample that blows up
+    exact = M + S * (x1 - a(one) * M) / v(one).sqrt()
+    log_q = prior.log_prob(out.x0) - math.log(S) + 0.5 * v(one).log()
+    assert (out.x[calm, 0] - exact[calm]).abs().max() < 1e-4
+    assert (out.log_q[calm] - log_q[calm]).abs().max() < 1e-3
