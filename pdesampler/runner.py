@@ -103,7 +103,10 @@ def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual
     if chunk == "auto":
         chunk = auto_chunk_size(target.dim, int(cfg.net.width), device)
     estimator = make_estimator(cfg.trace, int(cfg.seed))
-    residual = instantiate(cfg.loss, target=target, estimator=estimator, chunk_size=chunk)
+    # _partial_: Hydra would turn the estimator (a dataclass) passed to instantiate into a config
+    residual = instantiate(cfg.loss, _partial_=True)(
+        target=target, estimator=estimator, chunk_size=chunk
+    )
     if not isinstance(residual, Residual | TrajectoryLoss):
         raise TypeError(
             f"loss._target_ built a {type(residual).__name__}, not a pdesampler Residual "

@@ -184,3 +184,18 @@ def test_cli_problem_alone_trains_the_presets_target_with_its_collocation(tmp_pa
     assert saved["target"]["_target_"] == "pdesampler.targets.ManyWell"
     assert saved["collocation"]["kind"] == "box" and saved["collocation"]["prior_box_width"] == 3.0
     assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["exact", "hutchinson"])
+def test_the_app_builds_the_configured_trace_estimator(kind: str) -> None:
+    """``trace.kind`` reaches the residual as an estimator object (Hydra's instantiate would
+    turn a dataclass argument into a config, which has no ``probes``)."""
+    from pdesampler.ops import Exact, Hutchinson
+    from pdesampler.runner import build
+
+    cfg = composed("problem=mw5", "loss=logce", f"trace.kind={kind}", "net.width=8")
+    residual = build(cfg, torch.device("cpu"), torch.float64)
+    expected = {"exact": Exact, "hutchinson": Hutchinson}[kind]
+    assert type(residual.estimator) is expected
+    x, t = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    assert torch.isfinite(residual(x, t)).all()
