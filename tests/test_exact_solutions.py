@@ -60,3 +60,26 @@ def test_score_linear_schedule_exact() -> None:
     residual, _, _ = build_exact("score", 3, schedule="linear", beta_min=0.1, beta_max=12.0)
     x, t = random_points(residual)
     assert residual.residuals(x, t)["pde"].abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("name", ["logce", "logfp", "ot", "sb"])
+def test_log_z_starts_at_the_priors_importance_sampling_estimate(name: str) -> None:
+    """``log_z_init="prior"``: where the target is the prior times Z, every importance weight
+    is Z, so the estimate is log Z exactly; a wider target's estimate is close (the prior
+    covers it); anything but a number or "prior" is refused."""
+    from pdesampler.losses.parts import prior_log_z
+    from pdesampler.losses.transport import make_prior
+    from pdesampler.targets import Gaussian
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        scaled_prior = Gaussian(0.0, 1.0, dim=3, log_Z=7.5)
+        residual = CATALOGUE[name](scaled_prior, net={"width": 4, "depth": 1}, log_z_init="prior")
+        assert residual.log_z_estimate() == pytest.approx(7.5, abs=1e-10)
+        assert CATALOGUE[name](scaled_prior, log_z_init=-2.0).log_z_estimate() == -2.0
+        wider = Gaussian(0.5, 1.2, dim=3, log_Z=40.0)
+        assert prior_log_z(wider, make_prior(3)) == pytest.approx(40.0, abs=0.05)
+        with pytest.raises(ValueError, match="log_z_init must be a finite number or 'prior'"):
+            CATALOGUE[name](scaled_prior, log_z_init="zero")
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -30,6 +30,7 @@ from pdesampler.losses.parts import (
     constant_diffusion,
     hjb,
     log_fokker_planck,
+    prior_log_z,
     vp_reverse_diffusion,
 )
 from pdesampler.nets import MLP, TimeMLP
@@ -173,12 +174,19 @@ def _bridge(
     time_spec: NetSpec | None,
     prior_std: float,
     T: float,
+    log_z_init: float | str = 0.0,
 ) -> tuple[LogDensityPath, Target]:
     """[S10]: phi and a scalar :math:`\\log z` when phi is learned; :math:`\\varphi = 0` and a
-    network :math:`\\log z(t)` for annealing (SPEC 2.1)."""
+    network :math:`\\log z(t)` for annealing (SPEC 2.1). The scalar starts at ``log_z_init``:
+    a number, or ``"prior"``: :func:`prior_log_z`, the importance-sampling estimate from the prior
+    (Adam moves a scalar by about its learning rate per step, too slowly for a ``log Z`` of 40)."""
     prior = make_prior(target.dim, prior_std)
     correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
-    log_z = ScalarLogZ() if learn_phi else make_time_net(time_spec, T)
+    if log_z_init == "prior":
+        log_z_init = prior_log_z(target, prior)
+    if isinstance(log_z_init, str) or not math.isfinite(float(log_z_init)):
+        raise ValueError(f"log_z_init must be a finite number or 'prior', got {log_z_init!r}")
+    log_z = ScalarLogZ(float(log_z_init)) if learn_phi else make_time_net(time_spec, T)
     density = LogDensityPath(target, prior, BridgeCoefficients(T), correction, log_z=log_z, T=T)
     return density, prior
 
@@ -192,11 +200,13 @@ def _free_drift_residual(
     time_spec: NetSpec | None,
     prior_std: float,
     T: float,
+    log_z_init: float | str = 0.0,
     **kw,
 ) -> TransportResidual:
     density, prior = _bridge(
-        target, learn_phi=learn_phi, net=net, time_spec=time_spec, prior_std=prior_std, T=T
-    )
+        target, learn_phi=learn_phi, net=net, time_spec=time_spec, prior_std=prior_std, T=T,
+        log_z_init=log_z_init,
+    )  # fmt: skip
     drift = FreeDrift(make_space_net(target.dim, target.dim, net, T))
     diffusion = constant_diffusion(sigma) if sigma else None
     return TransportResidual(target, density, drift, prior, diffusion=diffusion, T=T, **kw)
@@ -276,11 +286,13 @@ def _potential_residual(
     net: NetSpec | None,
     prior_std: float,
     T: float,
+    log_z_init: float | str = 0.0,
     **kw,
 ) -> TransportResidual:
     density, prior = _bridge(
-        target, learn_phi=True, net=net, time_spec=None, prior_std=prior_std, T=T
-    )
+        target, learn_phi=True, net=net, time_spec=None, prior_std=prior_std, T=T,
+        log_z_init=log_z_init,
+    )  # fmt: skip
     drift = GradientDrift(make_space_net(target.dim, 1, net, T))
     diffusion = constant_diffusion(sigma) if sigma else None
     return TransportResidual(
