@@ -12,8 +12,8 @@ loss=<m>``, trains for the goal's budget (times ``--scale``) and keeps a copy of
 training time) on ``--n-curve`` samples, the final weights on the config's ``eval.n_samples``.
 Finished runs are merged into ``results/bench_hard.json`` one at a time and are not redone
 (``--force`` redoes them), so goals can run in separate processes and an interrupted benchmark
-resumes. The figures ``results/bench_hard_<problem>.png`` show ESS against wall time, one line
-per method.
+resumes. The figures ``results/bench_hard_<problem>.png`` show ESS and |dlogZ| (and the NLL gap
+where the goal has one) against wall time, one line per method.
 """
 
 from __future__ import annotations
@@ -151,21 +151,26 @@ def run_method(args, problem: str, spec: dict, overrides: list[str]) -> dict:
 
 
 def plot(report: dict, problem: str, path: Path) -> Path:
-    """ESS against wall time on ``problem``, one line per method, the goal dashed; where the goal
-    has an NLL gap, a second panel shows it (a model that misses modes can have ESS ~ 1)."""
+    """ESS and dlogZ against wall time on ``problem``, one line per method, the goal dashed;
+    where the goal has an NLL gap, a third panel shows it (a model that misses modes can have
+    ESS ~ 1)."""
     goal = GOALS[problem]["goal"]
-    panels = ["ess", "nll_gap"] if "nll_gap" in goal else ["ess"]
+    panels = ["ess", "dlogZ", *(["nll_gap"] if "nll_gap" in goal else [])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
         for method, run in report[problem]["methods"].items():
-            points = [(p["seconds"] / 60, p[key]) for p in run["curve"] if p.get(key) is not None]
+            points = [
+                (p["seconds"] / 60, abs(p[key])) for p in run["curve"] if p.get(key) is not None
+            ]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=method)
-        ax.axhline(goal[key], color="grey", ls="--", lw=1, label="goal")
+        if key in goal:
+            ax.axhline(goal[key], color="grey", ls="--", lw=1, label="goal")
         if key == "ess":
             ax.set(ylabel="ESS", ylim=(0, 1.02))
         else:
-            ax.set(ylabel="forward NLL - entropy (nats)", yscale="log")
+            label = {"dlogZ": "|dlogZ|", "nll_gap": "forward NLL - entropy (nats)"}[key]
+            ax.set(ylabel=label, yscale="log")
         ax.set(title=GOALS[problem]["label"], xlabel="CPU minutes")
         ax.legend(fontsize=7)
     fig.tight_layout()
