@@ -84,7 +84,7 @@ GOALS = {
             "logce_exact": ["loss=logce", "trace.kind=exact"],
             "logce_hutchinson": ["loss=logce", "trace.kind=hutchinson"],
             "logce_hutchinson_logz": [
-                "loss=logce", "trace.kind=hutchinson", "loss.log_z_init=prior"
+                "loss=logce", "trace.kind=hutchinson", "+loss.log_z_init=prior"
             ],
         },
     },
