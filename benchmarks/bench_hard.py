@@ -187,12 +187,13 @@ def save_run(out: Path, problem: str, method: str, run: dict) -> dict:
     entry["goal"] = GOALS[problem]["goal"]
     entry["methods"][method] = run
     # best: the lowest NLL gap where the goal has one (a collapsed model can have ESS ~ 1)
-    key = "nll_gap" if "nll_gap" in GOALS[problem]["goal"] else "ess"
-    sign = -1.0 if key == "nll_gap" else 1.0
-    finals = {
-        m: sign * (r["final"].get(key) or -sign * math.inf) for m, r in entry["methods"].items()
-    }
-    entry["best_method"] = max(finals, key=finals.get)
+    by_gap = "nll_gap" in GOALS[problem]["goal"]
+
+    def score(run: dict) -> float:
+        value = run["final"].get("nll_gap" if by_gap else "ess")
+        return -math.inf if value is None else (-value if by_gap else value)
+
+    entry["best_method"] = max(entry["methods"], key=lambda m: score(entry["methods"][m]))
     entry["goal_met"] = any(r["goal_met"] for r in entry["methods"].values())
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)

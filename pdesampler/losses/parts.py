@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import jvp
 
 from pdesampler import ops
+from pdesampler.metrics import log_weights, log_z_importance
 from pdesampler.ops import Exact, ScalarJet, TraceEstimator
 from pdesampler.targets import Target
 
@@ -149,9 +150,8 @@ def prior_log_z(target: Target, prior: Target, n: int = 10_000, seed: int = 0) -
     :math:`x_i \\sim p_{prior}`. A lower bound in expectation (Jensen); where the prior misses
     the target's mass it is low, yet still a better start for :math:`\\log z` than 0."""
     with torch.no_grad():
-        x = prior.sample(n, generator=torch.Generator().manual_seed(seed)).double()
-        log_w = target.log_prob(x.to(torch.get_default_dtype())).double() - prior.log_prob(x)
-        return float(torch.logsumexp(log_w, 0) - np.log(n))
+        x = prior.sample(n, generator=torch.Generator().manual_seed(seed))
+        return log_z_importance(log_weights(target.log_prob(x), prior.log_prob(x)))
 
 
 class ScalarLogZ(nn.Module):
