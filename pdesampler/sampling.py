@@ -87,10 +87,11 @@ __all__ = [
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
-#: An adaptive solve that needs more steps (a trajectory that truly blows up) gives up; its batch
-#: is bisected down to the samples that blow up, which fall back to the fixed rk4 grid (whose
-#: non-finite samples evaluation counts and drops).
+#: An adaptive solve that needs more steps gives up; the samples that blow up on the rk4 grid are
+#: then solved apart on finer rk4 grids (:data:`RK4_REFINEMENTS`), the rest to tolerance again
+#: (samples non-finite on every grid are counted and dropped by the evaluation).
 MAX_ADAPTIVE_STEPS = 1_000
+RK4_REFINEMENTS = (4, 16, 64)  # steps per grid step tried for the strays of an adaptive solve
 FIRST_STEP_FRACTION = 1e-3  # of the time span: the adaptive solvers' first step
 DEFAULT_BATCH_SIZE = 4096
 logger = logging.getLogger(__name__)
@@ -304,62 +305,116 @@ def _solve_augmented(
     atol: float,
     save_indices: list[int],
     fresh_probes: bool = False,
-    split_depth: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Integrate :math:`(x, \\ell)` from ``t_start`` to ``t_end`` for one batch.
 
     Fixed-step methods use the grid ``linspace(t_start, t_end, steps + 1)``; adaptive ones
-    choose their own steps. One adaptive step size serves the whole batch, so where a few stray
-    samples make the drift too stiff for it (torchdiffeq gives up), the batch is halved and each
-    half solved again, down to single samples, which fall back to rk4 on the grid: the stiff
-    samples are isolated and the rest are still solved to tolerance. Returns the final ``x`` and
-    ``ell``, the saved states of ``x`` (``(len(save_indices), b, d)``) and their times.
+    choose their own steps (:func:`_integrate`). Returns the final ``x`` and ``ell``, the saved
+    states of ``x`` (``(len(save_indices), b, d)``) and their times.
     """
-    dtype, device = x_start.dtype, x_start.device
-    grid = torch.linspace(t_start, t_end, steps + 1, dtype=dtype, device=device)
+    grid = torch.linspace(t_start, t_end, steps + 1, dtype=x_start.dtype, device=x_start.device)
     out_idx = sorted({0, steps, *save_indices})
-    t_eval = grid[out_idx]
-    b, d = x_start.shape
-    probes = _probe_source(estimator, fresh_probes, b, d, dtype, device)
-    options: dict = {}
-    if method in FIXED_STEP_METHODS:
-        options["grid_constructor"] = lambda func, y0, t: grid
-    else:
-        options["norm"] = _step_norm(x_only=not isinstance(estimator, Exact))
-        options["max_num_steps"] = MAX_ADAPTIVE_STEPS
-        # torchdiffeq's first-step guess h0 = 0.01 |y0| / |f(y0)| can step far outside the time
-        # span where the drift is slow at t_start (the gradient flow at t = 1), and a non-finite
-        # trial there sets h = 0: start small instead and let the step control grow it.
-        options["first_step"] = FIRST_STEP_FRACTION * abs(t_end - t_start)
-    field, start = _augmented_field(dynamics, estimator, probes), (x_start, ell_start)
-    try:
-        xs, ells = odeint(
-            field, start, t_eval, method=method, rtol=rtol, atol=atol, options=options
-        )
-    except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
-        if method in FIXED_STEP_METHODS:
-            raise
-        if b > 1:  # one step size serves the batch: isolate the stiff samples by bisection
-            if split_depth == 0:
-                logger.warning(
-                    "%s gave up on a batch of %d (%s); it splits the batch", method, b, err
-                )
-            kw = dict(estimator=estimator, method=method, steps=steps, rtol=rtol, atol=atol,
-                      save_indices=save_indices, fresh_probes=fresh_probes,
-                      split_depth=split_depth + 1)  # fmt: skip
-            halves = [
-                _solve_augmented(dynamics, x_start[sl], ell_start[sl], t_start, t_end, **kw)
-                for sl in (slice(0, b // 2), slice(b // 2, b))
-            ]
-            x, ell, traj, times = zip(*halves, strict=True)
-            return torch.cat(x), torch.cat(ell), torch.cat(traj, dim=1), times[0]
-        logger.warning(
-            "%s gave up on a sample (%s); it falls back to rk4, %d steps", method, err, steps
-        )
-        grid_only = {"grid_constructor": lambda func, y0, t: grid}
-        xs, ells = odeint(field, start, t_eval, method="rk4", options=grid_only)
     pos = [out_idx.index(i) for i in save_indices]
-    return xs[-1], ells[-1], xs[pos], t_eval[pos]
+    solver = _Solver(dynamics, estimator, fresh_probes, method, rtol, atol, grid, out_idx)
+    xs, ells = solver.integrate(x_start, ell_start)
+    return xs[-1], ells[-1], xs[pos], grid[out_idx][pos]
+
+
+@dataclass(frozen=True)
+class _Solver:
+    """One augmented ODE solve on ``grid`` (its states at ``grid[out_idx]``), with the recovery of
+    an adaptive solve that gives up (:meth:`integrate`)."""
+
+    dynamics: Dynamics
+    estimator: TraceEstimator
+    fresh_probes: bool
+    method: str
+    rtol: float
+    atol: float
+    grid: Tensor
+    out_idx: list[int]
+
+    def _field(self, x: Tensor) -> Callable[[Tensor, State], State]:
+        b, d = x.shape
+        probes = _probe_source(self.estimator, self.fresh_probes, b, d, x.dtype, x.device)
+        return _augmented_field(self.dynamics, self.estimator, probes)
+
+    def on_grid(self, start: State, method: str, refine: int = 1) -> State:
+        """A fixed-step solve on the grid with each step cut into ``refine`` steps."""
+        fine = torch.linspace(
+            float(self.grid[0]), float(self.grid[-1]), refine * (len(self.grid) - 1) + 1,
+            dtype=self.grid.dtype, device=self.grid.device,
+        )  # fmt: skip
+        t_eval = fine[[refine * i for i in self.out_idx]]
+        options = {"grid_constructor": lambda func, y0, t: fine}
+        return odeint(self._field(start[0]), start, t_eval, method=method, options=options)
+
+    def integrate(self, x_start: Tensor, ell_start: Tensor) -> State:
+        """The states ``(xs, ells)`` at ``grid[out_idx]``.
+
+        One adaptive step size serves the whole batch, so a few stray samples on which the drift
+        is stiff can make the solver give up on all of them (torchdiffeq: too many steps, or
+        underflow in dt). Then one cheap rk4 pass on the grid finds the strays (their trajectory
+        turns non-finite); the rest are solved again to tolerance and the strays get rk4 on grids
+        refined until their trajectories stay finite (:data:`RK4_REFINEMENTS`). Where the rk4
+        pass is finite for every sample, the batch is halved and each half solved the same way,
+        down to single samples, which keep their rk4 solution.
+        """
+        start = (x_start, ell_start)
+        if self.method in FIXED_STEP_METHODS:
+            return self.on_grid(start, self.method)
+        options = {
+            "norm": _step_norm(x_only=not isinstance(self.estimator, Exact)),
+            "max_num_steps": MAX_ADAPTIVE_STEPS,
+            # torchdiffeq's first-step guess h0 = 0.01 |y0| / |f(y0)| can step far outside the
+            # time span where the drift is slow at t_start (the gradient flow at t = 1), and a
+            # non-finite trial there sets h = 0: start small and let the step control grow it.
+            "first_step": FIRST_STEP_FRACTION * abs(float(self.grid[-1] - self.grid[0])),
+        }
+        t_eval = self.grid[self.out_idx]
+        try:
+            return odeint(self._field(x_start), start, t_eval, method=self.method,
+                          rtol=self.rtol, atol=self.atol, options=options)  # fmt: skip
+        except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
+            b = x_start.shape[0]
+            logger.warning("%s gave up on a batch of %d (%s)", self.method, b, err)
+        xs, ells = self.on_grid(start, "rk4")
+        stray = ~(_finite_rows(xs) & _finite_rows(ells))
+        if not stray.any():
+            if b == 1:
+                return xs, ells
+            halves = [self.integrate(x_start[sl], ell_start[sl])
+                      for sl in (slice(0, b // 2), slice(b // 2, b))]  # fmt: skip
+            return tuple(torch.cat(parts, dim=1) for parts in zip(*halves, strict=True))
+        logger.warning("%d of %d samples blow up on the rk4 grid; they get finer grids",
+                       int(stray.sum()), b)  # fmt: skip
+        calm = ~stray
+        if calm.any():
+            xs[:, calm], ells[:, calm] = self.integrate(x_start[calm], ell_start[calm])
+        xs[:, stray], ells[:, stray] = self._refined(
+            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray])
+        )
+        return xs, ells
+
+    def _refined(self, start: State, coarse: State) -> State:
+        """rk4 on ever finer grids (:data:`RK4_REFINEMENTS`) for samples whose ``coarse`` rk4
+        solution is non-finite; each keeps its first finite trajectory (else the finest one)."""
+        xs, ells = coarse
+        todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
+        for refine in RK4_REFINEMENTS:
+            idx = todo.nonzero().squeeze(1)
+            xs[:, idx], ells[:, idx] = self.on_grid((start[0][idx], start[1][idx]), "rk4", refine)
+            todo[idx] = ~(_finite_rows(xs[:, idx]) & _finite_rows(ells[:, idx]))
+            if not todo.any():
+                return xs, ells
+        logger.warning("%d samples are non-finite even on a %dx finer rk4 grid",
+                       int(todo.sum()), RK4_REFINEMENTS[-1])  # fmt: skip
+        return xs, ells
+
+
+def _finite_rows(states: Tensor) -> Tensor:
+    """Per sample: whether its states (``(times, b)`` or ``(times, b, d)``) are all finite."""
+    return torch.isfinite(states.reshape(states.shape[0], states.shape[1], -1)).all(2).all(0)
 
 
 # --------------------------------------------------------------------------- public API

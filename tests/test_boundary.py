@@ -142,3 +142,27 @@ def test_gradflow_schedule_is_song_et_als_vp_sde() -> None:
     v = A[:, None] * grad_g + B[:, None] * x
     torch.testing.assert_close(v, -(beta[:, None] / 2) * (grad_g + x))
     assert residual.dynamics().t0 == 1.0 and residual.dynamics().t1 == 0.0  # sampled backwards
+
+
+def test_gradflow_weight_of_log_rho_cannot_turn_negative() -> None:
+    """The weight w(t) = t s(t) + 1 - t of log rho in g_t: by default w = exp(t u(t)) for the
+    schedule network u (starting at u = -4), so w(0) = 1 and w > 0 however far u is pushed; the
+    free schedule (positive_weight=False) starts at s = 0 (w = 1 - t) and follows its network
+    below 0."""
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    weight, _, _ = make_loss("gradflow", TARGET, net=NET).double().density.coefficients(t)
+    torch.testing.assert_close(weight, torch.exp(-4.0 * t))
+    free, _, _ = make_loss("gradflow", TARGET, net=NET, positive_weight=False).density.coefficients(
+        t
+    )
+    torch.testing.assert_close(free, 1 - t)
+    for positive in (True, False):
+        residual = random_entry("gradflow", positive_weight=positive)
+        with torch.no_grad():
+            residual.density.coefficients.schedule.trunk.output.bias.fill_(-50.0)
+        weight, _, _ = residual.density.coefficients(t)
+        assert weight[0] == 1.0, positive
+        if positive:
+            assert (weight > 0).all() and weight[-1] < 1e-15
+        else:
+            assert weight[-1] < -40.0

@@ -141,6 +141,14 @@ def test_suites_refer_to_presets_and_keep_the_tuned_collocation() -> None:
     assert cfg.collocation.prior_box_width == 3.0
 
 
+def test_every_paper_row_composes_and_mw50_starts_log_z_at_the_prior_estimate() -> None:
+    runs = yaml.safe_load((CONFIGS / "suite" / "paper.yaml").read_text())["suite"]["runs"]
+    for run in runs:
+        cfg = composed(*run["overrides"])
+        learned_scalar = run["name"] in {f"mw50_{m}" for m in ("logfp", "sb", "logce", "ot")}
+        assert (cfg.loss.get("log_z_init") == "prior") == learned_scalar, run["name"]
+
+
 def test_auto_prior_box_reproduces_the_tuned_widths_from_the_targets_box() -> None:
     zero, one = torch.zeros(5), torch.ones(5)
     mw5 = ManyWell(5, 5, 4.0)

@@ -97,13 +97,15 @@ def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
 
 def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog, monkeypatch) -> None:
     """dx/dt = x^3 from N(0, 1/4) blows up before t = 1 wherever |x0| > 1/sqrt(2): dopri5 cannot
-    pass the singularity; the batch is bisected down to the samples that blow up, which fall
-    back to rk4, and the small starts stay exact. (A cap of 300 steps keeps the test quick.)"""
+    pass the singularity; one rk4 pass flags the samples that blow up, they are tried on finer
+    rk4 grids (and stay non-finite: the true solution is), and the small starts stay exact.
+    (A cap of 300 steps keeps the test quick.)"""
     monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
     prior = Gaussian(0.0, 0.5, dim=1).double()
     blowup = Dynamics(lambda x, t: x**3, prior, 0.0, 1.0, ode_method="dopri5")
     out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
-    assert "falls back to rk4" in caplog.text
+    assert "blow up on the rk4 grid" in caplog.text
+    assert "non-finite even on a 64x finer rk4 grid" in caplog.text
     small = out.x0[:, 0].abs() < 0.5
     exact = out.x0[small] / (1 - 2 * out.x0[small] ** 2).sqrt()  # x(1) of dx/dt = x^3
     assert torch.allclose(out.x[small], exact, rtol=1e-4)
@@ -130,3 +132,31 @@ def test_a_few_exploding_samples_do_not_spoil_the_rest_of_the_batch(monkeypatch)
     log_q = prior.log_prob(out.x0) - math.log(S) + 0.5 * v(one).log()
     assert (out.x[calm, 0] - exact[calm]).abs().max() < 1e-4
     assert (out.log_q[calm] - log_q[calm]).abs().max() < 1e-3
+
+
+def test_stiff_strays_are_solved_on_a_finer_grid_and_the_rest_to_tolerance(
+    caplog, monkeypatch
+) -> None:
+    """In 2-D, dy/dt = -c y and dz/dt = 0 with c = 3000 where z > 0, else c = 1: the stiff
+    samples need more steps than dopri5's cap (300 here), and rk4 on the 100-step grid blows up
+    on them (|R(-30)| ~ 3e4 per step) while a 16x finer grid is stable. So the strays end at
+    y = 0 with log q = log p_prior + 3000 (the divergence is -c) and the rest are solved to
+    tolerance: y0 e^{-1}, log q = log p_prior + 1."""
+
+    def two_speed(x: Tensor, t: Tensor) -> Tensor:
+        rate = torch.where(x[..., 1:] > 0, 3000.0, 1.0).to(x)
+        return torch.cat([-rate * x[..., :1], torch.zeros_like(rate)], dim=-1)
+
+    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    prior = Gaussian(0.0, 1.0, dim=2).double()
+    dyn = Dynamics(two_speed, prior, 0.0, 1.0, ode_method="dopri5")
+    out = sample_ode(dyn, 16, generator=torch.Generator().manual_seed(3), dtype=F64)
+    assert "blow up on the rk4 grid" in caplog.text and "non-finite even" not in caplog.text
+    y0, fast = out.x0[:, 0], out.x0[:, 1] > 0
+    assert 0 < fast.sum() < 16
+    log_p0 = prior.log_prob(out.x0)
+    assert out.x[fast, 0].abs().max() < 1e-10
+    assert torch.allclose(out.log_q[fast], log_p0[fast] + 3000.0, rtol=0, atol=1e-8)
+    assert torch.allclose(out.x[~fast, 0], y0[~fast] * math.exp(-1.0), rtol=1e-5)
+    assert torch.allclose(out.log_q[~fast], log_p0[~fast] + 1.0, rtol=0, atol=1e-5)
+    assert torch.equal(out.x[:, 1], out.x0[:, 1])

@@ -132,16 +132,22 @@ class ReverseCoefficients(Coefficients):
 
 
 class GradientFlowCoefficients(Coefficients):
-    """Gradient flow (SPEC 4.3): :math:`g_t = t\\,\\psi(x, t) + (t\\,s(t) + 1 - t)\\log\\rho`, with
-    a learned schedule :math:`s(t)` (``None``: 0), so :math:`g_0 = \\log\\rho` exactly. Unit time."""
+    """Gradient flow (SPEC 4.3): :math:`g_t = t\\,\\psi(x, t) + w(t)\\log\\rho` with
+    :math:`w(t) = t\\,s(t) + 1 - t` for a learned schedule :math:`s(t)` (``None``: 0), so
+    :math:`g_0 = \\log\\rho` exactly. Unit time.
 
-    def __init__(self, schedule: nn.Module | None = None) -> None:
+    ``positive_weight`` reads the schedule network :math:`u` as :math:`w(t) = e^{t\\,u(t)}`
+    instead: the same family with :math:`s > -(1 - t)/t`, so the weight of :math:`\\log\\rho`
+    stays positive (see :func:`pdesampler.losses.gradflow`) and :math:`w(0) = 1` still."""
+
+    def __init__(self, schedule: nn.Module | None = None, positive_weight: bool = False) -> None:
         super().__init__()
-        self.schedule = schedule
+        self.schedule, self.positive_weight = schedule, positive_weight
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s = self.schedule(t) if self.schedule is not None else torch.zeros_like(t)
-        return t * s + 1 - t, torch.zeros_like(t), t
+        u = self.schedule(t) if self.schedule is not None else torch.zeros_like(t)
+        weight = torch.exp(t * u) if self.positive_weight else t * u + 1 - t
+        return weight, torch.zeros_like(t), t
 
 
 def prior_log_z(target: Target, prior: Target, n: int = 10_000, seed: int = 0) -> float:
