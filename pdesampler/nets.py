@@ -150,6 +150,8 @@ class MLP(nn.Module):
         time_features: number of Fourier frequencies of ``t`` (0: ``t`` enters as is).
         T: the time horizon, which scales the Fourier features.
         zero_init: start the last layer at zero.
+        input_scale: the network reads ``x / input_scale`` (a target spread over ``+-40`` is
+            fed at the scale of the default initialization with ``input_scale=40``).
     """
 
     def __init__(
@@ -163,9 +165,12 @@ class MLP(nn.Module):
         time_features: int = 0,
         T: float = 1.0,
         zero_init: bool = True,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.dim, self.out_dim = int(dim), int(out_dim)
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
+        self.dim, self.out_dim, self.input_scale = int(dim), int(out_dim), float(input_scale)
         self.time_features = FourierTimeFeatures(time_features, T) if time_features > 0 else None
         t_dim = self.time_features.out_dim if self.time_features is not None else 1
         self.trunk = _Trunk(dim + t_dim, out_dim, width, depth, activation, residual, zero_init)
@@ -187,10 +192,10 @@ class MLP(nn.Module):
             feats, dfeats = self.time_features(t).to(x), self.time_features.time_derivative(t).to(x)
         else:
             feats, dfeats = t.to(x)[None], torch.ones(1, **kw)
-        z = torch.cat([x, feats])
-        J = torch.cat(  # d z / d(x, t): identity on x, the features' derivative on t
+        z = torch.cat([x / self.input_scale, feats])
+        J = torch.cat(  # d z / d(x, t): I / input_scale on x, the features' derivative on t
             [
-                torch.cat([torch.eye(d, **kw), torch.zeros(d, 1, **kw)], 1),
+                torch.cat([torch.eye(d, **kw) / self.input_scale, torch.zeros(d, 1, **kw)], 1),
                 torch.cat([torch.zeros(dfeats.shape[0], d, **kw), dfeats[:, None]], 1),
             ]
         )
@@ -204,7 +209,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP expects x with last dimension {self.dim}, got {tuple(x.shape)}")
         t = t.to(x).expand(x.shape[:-1])
         feats = self.time_features(t) if self.time_features is not None else t[..., None]
-        out = self.trunk(torch.cat([x, feats], dim=-1))
+        out = self.trunk(torch.cat([x / self.input_scale, feats], dim=-1))
         return out[..., 0] if self.out_dim == 1 else out
 
 

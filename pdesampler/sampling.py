@@ -309,7 +309,7 @@ def _solve_augmented(
     """Integrate :math:`(x, \\ell)` from ``t_start`` to ``t_end`` for one batch.
 
     Fixed-step methods use the grid ``linspace(t_start, t_end, steps + 1)``; adaptive ones
-    choose their own steps (:func:`_integrate`). Returns the final ``x`` and ``ell``, the saved
+    choose their own steps (:meth:`_Solver.integrate`). Returns the final ``x`` and ``ell``, the saved
     states of ``x`` (``(len(save_indices), b, d)``) and their times.
     """
     grid = torch.linspace(t_start, t_end, steps + 1, dtype=x_start.dtype, device=x_start.device)
@@ -371,12 +371,11 @@ class _Solver:
             # non-finite trial there sets h = 0: start small and let the step control grow it.
             "first_step": FIRST_STEP_FRACTION * abs(float(self.grid[-1] - self.grid[0])),
         }
-        t_eval = self.grid[self.out_idx]
+        t_eval, b = self.grid[self.out_idx], x_start.shape[0]
         try:
             return odeint(self._field(x_start), start, t_eval, method=self.method,
                           rtol=self.rtol, atol=self.atol, options=options)  # fmt: skip
         except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
-            b = x_start.shape[0]
             logger.warning("%s gave up on a batch of %d (%s)", self.method, b, err)
         xs, ells = self.on_grid(start, "rk4")
         stray = ~(_finite_rows(xs) & _finite_rows(ells))

@@ -66,10 +66,12 @@ def test_bad_arguments_are_named() -> None:
 @pytest.mark.parametrize("activation", ["silu", "tanh", "softplus"])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("time_features", [0, 3])
+@pytest.mark.parametrize("input_scale", [1.0, 7.5])
 def test_forward_jet_matches_nested_autodiff(
-    activation: str, residual: bool, time_features: int
+    activation: str, residual: bool, time_features: int, input_scale: float
 ) -> None:
-    """The forward Taylor-mode jet equals forward-over-reverse autodiff (float64, 1e-12)."""
+    """The forward Taylor-mode jet equals forward-over-reverse autodiff (float64, 1e-12), also
+    on a network that reads x / input_scale."""
     from pdesampler import ops
 
     torch.manual_seed(0)
@@ -80,6 +82,7 @@ def test_forward_jet_matches_nested_autodiff(
         residual=residual,
         time_features=time_features,
         zero_init=False,
+        input_scale=input_scale,
     )
     scalar = MLP(d, 1, depth=3, **kw).double()
     vector = MLP(d, d, depth=2, **kw).double()
@@ -99,6 +102,17 @@ def test_forward_jet_matches_nested_autodiff(
     torch.testing.assert_close(
         torch.diagonal(jac, dim1=1, dim2=2).sum(-1), ref.div, rtol=0, atol=1e-12
     )
+
+
+def test_input_scale_feeds_x_over_the_scale_to_the_same_weights() -> None:
+    torch.manual_seed(0)
+    scaled = MLP(2, 1, width=8, zero_init=False, input_scale=40.0).double()
+    plain = MLP(2, 1, width=8, zero_init=False).double()
+    plain.load_state_dict(scaled.state_dict())
+    x, t = 40 * torch.randn(5, 2, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(scaled(x, t), plain(x / 40.0, t), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="input_scale must be positive"):
+        MLP(2, 1, input_scale=0.0)
 
 
 def test_gelu_has_no_forward_jet() -> None:
