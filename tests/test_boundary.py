@@ -148,7 +148,7 @@ def test_gradflow_weight_of_log_rho_cannot_turn_negative() -> None:
     """The weight w(t) = t s(t) + 1 - t of log rho in g_t: by default w = exp(t u(t)) for the
     schedule network u (starting at u = -4), so w(0) = 1 and w > 0 however far u is pushed; the
     free schedule (positive_weight=False) starts at s = 0 (w = 1 - t) and follows its network
-    below 0."""
+    below 0; without a schedule (learn_schedule=False) w = 1 - t."""
     t = torch.linspace(0, 1, 11, dtype=torch.float64)
     weight, _, _ = make_loss("gradflow", TARGET, net=NET).double().density.coefficients(t)
     torch.testing.assert_close(weight, torch.exp(-4.0 * t))
@@ -156,6 +156,10 @@ def test_gradflow_weight_of_log_rho_cannot_turn_negative() -> None:
         t
     )
     torch.testing.assert_close(free, 1 - t)
+    fixed, _, _ = make_loss("gradflow", TARGET, net=NET, learn_schedule=False).density.coefficients(
+        t
+    )
+    torch.testing.assert_close(fixed, 1 - t)  # no schedule: s = 0 with either weight
     for positive in (True, False):
         residual = random_entry("gradflow", positive_weight=positive)
         with torch.no_grad():

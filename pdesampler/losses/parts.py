@@ -138,15 +138,20 @@ class GradientFlowCoefficients(Coefficients):
 
     ``positive_weight`` reads the schedule network :math:`u` as :math:`w(t) = e^{t\\,u(t)}`
     instead: the same family with :math:`s > -(1 - t)/t`, so the weight of :math:`\\log\\rho`
-    stays positive (see :func:`pdesampler.losses.gradflow`) and :math:`w(0) = 1` still."""
+    stays positive (see :func:`pdesampler.losses.gradflow`) and :math:`w(0) = 1` still. Without
+    a schedule :math:`w = 1 - t` either way."""
 
     def __init__(self, schedule: nn.Module | None = None, positive_weight: bool = False) -> None:
         super().__init__()
         self.schedule, self.positive_weight = schedule, positive_weight
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        u = self.schedule(t) if self.schedule is not None else torch.zeros_like(t)
-        weight = torch.exp(t * u) if self.positive_weight else t * u + 1 - t
+        if self.schedule is None:  # s = 0
+            weight = 1 - t
+        elif self.positive_weight:
+            weight = torch.exp(t * self.schedule(t))
+        else:
+            weight = t * self.schedule(t) + 1 - t
         return weight, torch.zeros_like(t), t
 
 
