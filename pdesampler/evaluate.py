@@ -71,7 +71,8 @@ def evaluate(
     (:math:`|\\log Z_{ref} - \\mathrm{mean}\\log w|`), ``ess``, ``one_minus_ess``, ``w2``
     (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
     estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
-    (forward NLL on exact samples, by the backward ODE) and ``cross_entropy``.
+    (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
+    solves, see :func:`_nll_summary`) and ``cross_entropy``.
     """
     for key, value in {
         "n_samples": n_samples,
@@ -149,8 +150,8 @@ def evaluate(
     if reference is not None and nll and dynamics.flow_drift is None:
         m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
     elif reference is not None and nll:
-        m["nll"] = _forward_nll(residual, reference[:n_nll], method, steps, estimator, batch_size)
-        m["n_nll"] = min(n_nll, reference.shape[0])
+        log_q = _forward_log_q(residual, reference[:n_nll], method, steps, estimator, batch_size)
+        m.update(_nll_summary(log_q, skipped))
     elif reference is not None:
         m["nll"], skipped["nll"] = None, "disabled (eval.nll=false)"
     m["skipped"] = skipped
@@ -187,10 +188,10 @@ def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_b
     }
 
 
-def _forward_nll(residual, reference, method, steps, estimator, batch_size) -> float:
-    dynamics = residual.dynamics()
-    log_q = log_density(
-        dynamics,
+def _forward_log_q(residual, reference, method, steps, estimator, batch_size) -> Tensor:
+    """:math:`\\log q` of the exact samples ``reference``, by the backward ODE."""
+    return log_density(
+        residual.dynamics(),
         reference,
         method=method,
         steps=steps,
@@ -198,4 +199,23 @@ def _forward_nll(residual, reference, method, steps, estimator, batch_size) -> f
         batch_size=batch_size,
         module=residual,
     )
-    return float(metrics.forward_nll(log_q))
+
+
+def _nll_summary(log_q: Tensor, skipped: dict[str, str]) -> dict[str, Any]:
+    """``nll`` (SPEC section 6), ``n_nll`` and ``n_nonfinite_nll``. A backward solve that fails
+    (NaN/Inf log q) leaves ``nll`` null with the reason in ``skipped``; ``nll_of_finite`` is then
+    the mean over the other exact samples (biased low: the failures are the hard points)."""
+    finite = torch.isfinite(log_q)
+    n, n_bad = log_q.shape[0], int((~finite).sum())
+    out: dict[str, Any] = {"n_nll": n, "n_nonfinite_nll": n_bad}
+    if not n_bad:
+        out["nll"] = metrics.forward_nll(log_q)
+        return out
+    out["nll"] = None
+    out["nll_of_finite"] = metrics.forward_nll(log_q[finite]) if n_bad < n else None
+    skipped["nll"] = (
+        f"the backward ODE failed (NaN/Inf log q) on {n_bad} of {n} exact samples; "
+        "nll_of_finite averages the others"
+    )
+    logger.warning("forward NLL: %s", skipped["nll"])
+    return out

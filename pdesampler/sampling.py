@@ -88,10 +88,11 @@ __all__ = [
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
 #: An adaptive solve that needs more steps gives up; the samples that blow up on the rk4 grid are
-#: then solved apart on finer rk4 grids (:data:`RK4_REFINEMENTS`), the rest to tolerance again
-#: (samples non-finite on every grid are counted and dropped by the evaluation).
+#: then solved apart on finer rk4 grids (:data:`GRID_REFINEMENTS`), the rest to tolerance again.
+#: Samples that blow up on a fixed grid get the same finer grids of their own method. Samples
+#: non-finite on every grid are counted and dropped by the evaluation.
 MAX_ADAPTIVE_STEPS = 1_000
-RK4_REFINEMENTS = (4, 16, 64)  # steps per grid step tried for the strays of an adaptive solve
+GRID_REFINEMENTS = (4, 16, 64)  # steps per grid step tried for samples that blow up
 FIRST_STEP_FRACTION = 1e-3  # of the time span: the adaptive solvers' first step
 DEFAULT_BATCH_SIZE = 4096
 logger = logging.getLogger(__name__)
@@ -352,17 +353,23 @@ class _Solver:
     def integrate(self, x_start: Tensor, ell_start: Tensor) -> State:
         """The states ``(xs, ells)`` at ``grid[out_idx]``.
 
+        A fixed-step method solves on the grid; the samples whose trajectory turns non-finite
+        there (a drift too stiff for the step, e.g. :math:`\\nabla\\log\\rho \\sim x^3` at a
+        stray point) are solved again on finer grids of the same method
+        (:data:`GRID_REFINEMENTS`), each keeping its first finite trajectory: the samples that
+        were finite keep their solution, so the result on a well-resolved model is unchanged.
+
         One adaptive step size serves the whole batch, so a few stray samples on which the drift
         is stiff can make the solver give up on all of them (torchdiffeq: too many steps, or
         underflow in dt). Then one cheap rk4 pass on the grid finds the strays (their trajectory
         turns non-finite); the rest are solved again to tolerance and the strays get rk4 on grids
-        refined until their trajectories stay finite (:data:`RK4_REFINEMENTS`). Where the rk4
+        refined until their trajectories stay finite (:data:`GRID_REFINEMENTS`). Where the rk4
         pass is finite for every sample, the batch is halved and each half solved the same way,
         down to single samples, which keep their rk4 solution.
         """
         start = (x_start, ell_start)
         if self.method in FIXED_STEP_METHODS:
-            return self.on_grid(start, self.method)
+            return self._with_strays_refined(start, self.method)
         options = {
             "norm": _step_norm(x_only=not isinstance(self.estimator, Exact)),
             "max_num_steps": MAX_ADAPTIVE_STEPS,
@@ -378,7 +385,7 @@ class _Solver:
         except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
             logger.warning("%s gave up on a batch of %d (%s)", self.method, b, err)
         xs, ells = self.on_grid(start, "rk4")
-        stray = ~(_finite_rows(xs) & _finite_rows(ells))
+        stray = _stray_rows(xs, ells)
         if not stray.any():
             if b == 1:
                 return xs, ells
@@ -391,29 +398,43 @@ class _Solver:
         if calm.any():
             xs[:, calm], ells[:, calm] = self.integrate(x_start[calm], ell_start[calm])
         xs[:, stray], ells[:, stray] = self._refined(
-            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray])
+            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray]), "rk4"
         )
         return xs, ells
 
-    def _refined(self, start: State, coarse: State) -> State:
-        """rk4 on ever finer grids (:data:`RK4_REFINEMENTS`) for samples whose ``coarse`` rk4
+    def _with_strays_refined(self, start: State, method: str) -> State:
+        """A fixed-step solve on the grid whose non-finite samples get finer grids."""
+        xs, ells = self.on_grid(start, method)
+        stray = _stray_rows(xs, ells)
+        if stray.any():
+            logger.warning("%d of %d samples blow up on the %d-step %s grid; they get finer grids",
+                           int(stray.sum()), xs.shape[1], len(self.grid) - 1, method)  # fmt: skip
+            xs[:, stray], ells[:, stray] = self._refined(
+                (start[0][stray], start[1][stray]), (xs[:, stray], ells[:, stray]), method
+            )
+        return xs, ells
+
+    def _refined(self, start: State, coarse: State, method: str) -> State:
+        """``method`` on ever finer grids (:data:`GRID_REFINEMENTS`) for samples whose ``coarse``
         solution is non-finite; each keeps its first finite trajectory (else the finest one)."""
         xs, ells = coarse
         todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
-        for refine in RK4_REFINEMENTS:
+        for refine in GRID_REFINEMENTS:
             idx = todo.nonzero().squeeze(1)
-            xs[:, idx], ells[:, idx] = self.on_grid((start[0][idx], start[1][idx]), "rk4", refine)
-            todo[idx] = ~(_finite_rows(xs[:, idx]) & _finite_rows(ells[:, idx]))
+            xs[:, idx], ells[:, idx] = self.on_grid((start[0][idx], start[1][idx]), method, refine)
+            todo[idx] = _stray_rows(xs[:, idx], ells[:, idx])
             if not todo.any():
                 return xs, ells
-        logger.warning("%d samples are non-finite even on a %dx finer rk4 grid",
-                       int(todo.sum()), RK4_REFINEMENTS[-1])  # fmt: skip
+        logger.warning("%d samples are non-finite even on a %dx finer %s grid",
+                       int(todo.sum()), GRID_REFINEMENTS[-1], method)  # fmt: skip
         return xs, ells
 
 
-def _finite_rows(states: Tensor) -> Tensor:
-    """Per sample: whether its states (``(times, b)`` or ``(times, b, d)``) are all finite."""
-    return torch.isfinite(states.reshape(states.shape[0], states.shape[1], -1)).all(2).all(0)
+def _stray_rows(xs: Tensor, ells: Tensor) -> Tensor:
+    """Per sample: whether any of its states ``xs`` (``(times, b, d)``) or log-densities ``ells``
+    (``(times, b)``) is NaN/Inf."""
+    finite = lambda states: torch.isfinite(states.reshape(*states.shape[:2], -1)).all(2).all(0)
+    return ~(finite(xs) & finite(ells))
 
 
 # --------------------------------------------------------------------------- public API
@@ -623,26 +644,105 @@ def sample_sde(
     save_indices = _save_indices(steps, n_saved)
     grid = torch.linspace(dynamics.t0, dynamics.t1, steps + 1, dtype=dtype, device=device)
     x0 = _draw_prior(dynamics.prior, n, generator, dtype, device)
-    drift = vmap(dynamics.drift)
-    reference = dynamics.reference
-    log_q = _prior_log_prob(dynamics.prior, x0) if reference is not None else None
-    x, saved = x0.clone(), [x0.clone()] if 0 in save_indices else []
-    for k in range(steps):
-        t, dt = grid[k], grid[k + 1] - grid[k]
-        noise = torch.randn(n, x.shape[1], generator=generator, dtype=dtype).to(device)
-        scaled_noise = dynamics.diffusion(t) * dt.abs().sqrt() * noise
-        for sl in _batches(n, batch_size):
-            x_b = x[sl]
-            x_next = x_b + drift(x_b, t.expand(x_b.shape[0]).contiguous()) * dt + scaled_noise[sl]
-            if reference is not None:
-                ratio = path_log_ratio(reference, x_b, x_next, scaled_noise[sl], t, grid[k + 1])
-                log_q[sl] -= ratio
-            x[sl] = x_next
-        if k + 1 in save_indices:
-            saved.append(x.clone())
+    noise_state = generator.get_state()
+    coarse = _BrownianSteps(generator, noise_state, grid, n, x0.shape[1], dtype)
+    x, log_q, saved = _euler_maruyama(dynamics, x0, coarse, batch_size, save_indices)
+    stray = ~torch.isfinite(x).all(1)
+    if dynamics.reference is None and stray.any():  # a baseline's weights are tied to its grid
+        _refine_sde_strays(dynamics, x0, stray, grid, generator, noise_state, batch_size,
+                           save_indices, x, saved)  # fmt: skip
     if not save_indices:
         return SampleResult(x, log_q, x0)
     return SampleResult(x, log_q, x0, torch.stack(saved), grid[save_indices])
+
+
+@dataclass
+class _BrownianSteps:
+    """The Brownian increments of ``sample_sde`` over the grid steps, for the rows ``rows`` of its
+    ``(n, d)`` draws: ``generator`` from ``state`` replays the same draws. ``refine`` splits each
+    step into that many equal sub-steps by the Brownian bridge, with fresh draws from ``fresh``:
+    given the step's increment :math:`\\Delta W`, sub-increments :math:`\\zeta_j -
+    \\bar\\zeta + \\Delta W/m`, :math:`\\zeta_j \\sim \\mathcal{N}(0, h/m)`, have exactly the
+    bridge's conditional law, so a finer solve follows the same Brownian path."""
+
+    generator: torch.Generator
+    state: Tensor
+    grid: Tensor
+    n: int
+    d: int
+    dtype: torch.dtype
+    rows: Tensor | None = None
+    refine: int = 1
+    fresh: torch.Generator | None = None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """Per grid step, the ``(refine, b, d)`` increments (on the CPU; moved by the caller)."""
+        self.generator.set_state(self.state)
+        for k in range(len(self.grid) - 1):
+            h = (self.grid[k + 1] - self.grid[k]).abs().cpu()
+            xi = torch.randn(self.n, self.d, generator=self.generator, dtype=self.dtype)
+            step = h.sqrt() * (xi if self.rows is None else xi[self.rows.cpu()])
+            if self.refine == 1:
+                yield step[None]
+                continue
+            zeta = (h / self.refine).sqrt() * torch.randn(
+                self.refine, *step.shape, generator=self.fresh, dtype=self.dtype
+            )
+            yield zeta - zeta.mean(0) + step / self.refine
+
+
+def _euler_maruyama(
+    dynamics: Dynamics, x0: Tensor, increments: _BrownianSteps, batch_size, save_indices
+) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+    """Euler-Maruyama from ``x0`` along ``increments.grid``, each step cut into the sub-steps of
+    its increments; returns the end states, a baseline's path log-ratio and the states at the
+    grid indices ``save_indices``."""
+    grid, reference = increments.grid, dynamics.reference
+    drift = vmap(dynamics.drift)
+    log_q = _prior_log_prob(dynamics.prior, x0) if reference is not None else None
+    x, saved = x0.clone(), [x0.clone()] if 0 in save_indices else []
+    for k, dW in enumerate(increments):
+        dW = dW.to(x.device)
+        dt = (grid[k + 1] - grid[k]) / dW.shape[0]
+        for j in range(dW.shape[0]):
+            t = grid[k] + j * dt
+            t_next = grid[k + 1] if j == dW.shape[0] - 1 else t + dt
+            scaled_noise = dynamics.diffusion(t) * dW[j]
+            for sl in _batches(x.shape[0], batch_size):
+                x_b = x[sl]
+                x_next = (
+                    x_b + drift(x_b, t.expand(x_b.shape[0]).contiguous()) * dt + scaled_noise[sl]
+                )
+                if reference is not None:
+                    ratio = path_log_ratio(reference, x_b, x_next, scaled_noise[sl], t, t_next)
+                    log_q[sl] -= ratio
+                x[sl] = x_next
+        if k + 1 in save_indices:
+            saved.append(x.clone())
+    return x, log_q, saved
+
+
+def _refine_sde_strays(dynamics, x0, stray, grid, generator, noise_state, batch_size,
+                       save_indices, x, saved) -> None:  # fmt: skip
+    """Solve the samples that blew up (``stray``) again on grids :data:`GRID_REFINEMENTS` times
+    finer, along the same Brownian paths; each keeps its first finite end state (in place)."""
+    logger.warning("%d of %d SDE samples blow up on the %d-step Euler-Maruyama grid; they get "
+                   "finer grids along the same Brownian paths", int(stray.sum()), x.shape[0],
+                   len(grid) - 1)  # fmt: skip
+    replay = torch.Generator()
+    for refine in GRID_REFINEMENTS:
+        rows = stray.nonzero().squeeze(1)
+        steps = _BrownianSteps(replay, noise_state, grid, x.shape[0], x.shape[1], x.dtype,
+                               rows, refine, generator)  # fmt: skip
+        x_r, _, saved_r = _euler_maruyama(dynamics, x0[rows], steps, batch_size, save_indices)
+        x[rows] = x_r
+        for whole, part in zip(saved, saved_r, strict=True):
+            whole[rows] = part
+        stray[rows] = ~torch.isfinite(x_r).all(1)
+        if not stray.any():
+            return
+    logger.warning("%d SDE samples are non-finite even on a %dx finer grid", int(stray.sum()),
+                   GRID_REFINEMENTS[-1])  # fmt: skip
 
 
 def sample(

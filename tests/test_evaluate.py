@@ -74,3 +74,24 @@ def test_figures_survive_non_finite_samples(tmp_path, n_bad):
     assert plots.plot_marginals(samples, exact, tmp_path / "m.png").stat().st_size > 0
     path = plots.plot_trajectories(trajectory, torch.linspace(0, 1, 3), tmp_path / "t.png")
     assert path.stat().st_size > 0
+
+
+def test_failed_backward_solves_leave_nll_null_with_the_reason(monkeypatch):
+    """A NaN log q on an exact sample (a backward ODE that blew up) must not turn the NLL into a
+    silent null: it is counted, named in ``skipped``, and the finite ones still averaged."""
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    real = evaluate_module.log_density
+    seen = {}
+
+    def poisoned(*args, **kwargs):
+        log_q = real(*args, **kwargs)
+        seen["log_q"] = log_q.clone()
+        log_q[:2] = torch.tensor([math.nan, -math.inf])
+        return log_q
+
+    monkeypatch.setattr(evaluate_module, "log_density", poisoned)
+    m = evaluate(residual, n_samples=50, steps=4, n_nll=20, sinkhorn_max_samples=50).metrics
+    assert m["nll"] is None and m["n_nonfinite_nll"] == 2 and m["n_nll"] == 20
+    assert m["skipped"]["nll"].startswith("the backward ODE failed (NaN/Inf log q) on 2 of 20")
+    assert m["nll_of_finite"] == pytest.approx(-float(seen["log_q"][2:].double().mean()), rel=1e-6)
