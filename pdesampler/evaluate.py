@@ -67,7 +67,9 @@ def evaluate(
 
     Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
     (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
-    log-weight; :func:`metrics.importance_summary` gives them weight 0 out of N), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
+    log-weight of a flow sample; :func:`metrics.importance_summary` gives them weight 0 out of N),
+    ``n_nonfinite_sde_samples`` (SDE losses: SDE samples with NaN/Inf coordinates, dropped from
+    the sample metrics; independent of the flow samples and their weights), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
     (:math:`|\\log Z_{ref} - \\mathrm{mean}\\log w|`), ``ess``, ``one_minus_ess``, ``w2``
     (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
     estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
@@ -113,8 +115,11 @@ def evaluate(
     skipped: dict[str, str] = {}
     m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
     m["log_z_learned"] = residual.log_z_estimate()
+    # the weights belong to the flow samples; for an SDE loss x are independent SDE samples
     failed = ~torch.isfinite(x).all(1)
-    m.update(metrics.importance_summary(log_w, failed))
+    m.update(metrics.importance_summary(log_w, ~torch.isfinite(output.flow_samples).all(1)))
+    if output.samples is not output.flow_samples:
+        m["n_nonfinite_sde_samples"] = int(failed.sum())
     x = _finite_rows(x, failed, m["n_nonfinite_samples"])
     log_Z, stddevs = getattr(target, "log_Z", None), getattr(target, "stddevs", None)
     if log_Z is None:
@@ -160,12 +165,13 @@ def evaluate(
 
 def _finite_rows(x: Tensor, bad_rows: Tensor, n_failed: int) -> Tensor | None:
     """The model samples with finite coordinates (``None`` if fewer than 2); a warning is
-    logged if any sample failed (``n_failed``: bad rows or non-finite log-weights)."""
-    if n_failed:
+    logged if any sample failed (``n_failed``: failed log-weights; ``bad_rows``: the samples
+    with NaN/Inf coordinates, the SDE's own for an SDE loss)."""
+    if n_failed or bool(bad_rows.any()):
         logger.warning(
             "%d of %d model samples failed (NaN/Inf sample or log-weight): log Z and ESS count "
-            "them as weight 0 out of N; the %d with NaN/Inf coordinates are dropped from dstd, "
-            "w2, energy distance and cross entropy",
+            "them as weight 0 out of N; %d samples with NaN/Inf coordinates are dropped from "
+            "dstd, w2, energy distance and cross entropy",
             n_failed,
             x.shape[0],
             int(bad_rows.sum()),

@@ -95,3 +95,27 @@ def test_failed_backward_solves_leave_nll_null_with_the_reason(monkeypatch):
     assert m["nll"] is None and m["n_nonfinite_nll"] == 2 and m["n_nll"] == 20
     assert m["skipped"]["nll"].startswith("the backward ODE failed (NaN/Inf log q) on 2 of 20")
     assert m["nll_of_finite"] == pytest.approx(-float(seen["log_q"][2:].double().mean()), rel=1e-6)
+
+
+def test_failed_sde_samples_do_not_zero_the_flow_weights(monkeypatch):
+    """For an SDE loss the sample metrics use the SDE samples and log Z / ESS the independent
+    probability-flow samples: an SDE sample that blew up is dropped from W2 and co. but must not
+    give flow sample i weight 0 (it did: 8294 failed SDE samples zeroed as many flow weights)."""
+    torch.manual_seed(0)
+    residual = losses.logfp(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    real = evaluate_module.sample
+
+    def sde_poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        assert out.samples is not out.flow_samples
+        out.samples[:5] = math.nan
+        return out
+
+    monkeypatch.setattr(evaluate_module, "sample", sde_poisoned)
+    report = evaluate(residual, n_samples=100, steps=4, sde_steps=4, nll=False,
+                      sinkhorn_max_samples=100)  # fmt: skip
+    m = report.metrics
+    assert m["n_nonfinite_sde_samples"] == 5 and m["n_nonfinite_samples"] == 0
+    clean = metrics.importance_summary(report.output.log_weights(residual.target).double())
+    assert m["ess"] == pytest.approx(clean["ess"], rel=1e-12) and math.isfinite(m["dlogZ"])
+    assert math.isfinite(m["w2"]) and math.isfinite(m["dstd"])
