@@ -93,6 +93,10 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3")
 #: non-finite on every grid are counted and dropped by the evaluation.
 MAX_ADAPTIVE_STEPS = 1_000
 GRID_REFINEMENTS = (4, 16, 64)  # steps per grid step tried for samples that blow up
+#: The refined solves of a batch's strays may cost at most this many grid solves of the whole
+#: batch (in sample-steps): a finer level that would exceed it is skipped, so a badly trained
+#: model whose trajectories truly blow up cannot multiply the evaluation time by 84.
+REFINEMENT_BUDGET = 16
 FIRST_STEP_FRACTION = 1e-3  # of the time span: the adaptive solvers' first step
 DEFAULT_BATCH_SIZE = 4096
 logger = logging.getLogger(__name__)
@@ -398,7 +402,7 @@ class _Solver:
         if calm.any():
             xs[:, calm], ells[:, calm] = self.integrate(x_start[calm], ell_start[calm])
         xs[:, stray], ells[:, stray] = self._refined(
-            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray]), "rk4"
+            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray]), "rk4", b
         )
         return xs, ells
 
@@ -410,17 +414,23 @@ class _Solver:
             logger.warning("%d of %d samples blow up on the %d-step %s grid; they get finer grids",
                            int(stray.sum()), xs.shape[1], len(self.grid) - 1, method)  # fmt: skip
             xs[:, stray], ells[:, stray] = self._refined(
-                (start[0][stray], start[1][stray]), (xs[:, stray], ells[:, stray]), method
-            )
+                (start[0][stray], start[1][stray]), (xs[:, stray], ells[:, stray]), method,
+                xs.shape[1],
+            )  # fmt: skip
         return xs, ells
 
-    def _refined(self, start: State, coarse: State, method: str) -> State:
+    def _refined(self, start: State, coarse: State, method: str, n_batch: int) -> State:
         """``method`` on ever finer grids (:data:`GRID_REFINEMENTS`) for samples whose ``coarse``
-        solution is non-finite; each keeps its first finite trajectory (else the finest one)."""
+        solution is non-finite, within :data:`REFINEMENT_BUDGET` grid solves of the ``n_batch``
+        samples; each keeps its first finite trajectory (else the finest one)."""
         xs, ells = coarse
         todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
+        spent = 0
         for refine in GRID_REFINEMENTS:
             idx = todo.nonzero().squeeze(1)
+            spent += refine * len(idx)
+            if not _affordable(spent, len(idx), refine, n_batch):
+                return xs, ells
             xs[:, idx], ells[:, idx] = self.on_grid((start[0][idx], start[1][idx]), method, refine)
             todo[idx] = _stray_rows(xs[:, idx], ells[:, idx])
             if not todo.any():
@@ -428,6 +438,18 @@ class _Solver:
         logger.warning("%d samples are non-finite even on a %dx finer %s grid",
                        int(todo.sum()), GRID_REFINEMENTS[-1], method)  # fmt: skip
         return xs, ells
+
+
+def _affordable(spent: int, n_left: int, refine: int, n_batch: int) -> bool:
+    """Whether refined solves costing ``spent`` sample-steps (per grid step) so far, this level
+    included, stay within :data:`REFINEMENT_BUDGET` grid solves of ``n_batch`` samples; if not,
+    the ``n_left`` samples stay non-finite, with a warning."""
+    if spent <= REFINEMENT_BUDGET * n_batch:
+        return True
+    logger.warning("%d samples stay non-finite: a %dx finer grid for them would exceed the "
+                   "refinement budget of %d grid solves of the batch of %d", n_left, refine,
+                   REFINEMENT_BUDGET, n_batch)  # fmt: skip
+    return False
 
 
 def _stray_rows(xs: Tensor, ells: Tensor) -> Tensor:
@@ -729,9 +751,12 @@ def _refine_sde_strays(dynamics, x0, stray, grid, generator, noise_state, batch_
     logger.warning("%d of %d SDE samples blow up on the %d-step Euler-Maruyama grid; they get "
                    "finer grids along the same Brownian paths", int(stray.sum()), x.shape[0],
                    len(grid) - 1)  # fmt: skip
-    replay = torch.Generator()
+    replay, spent = torch.Generator(), 0
     for refine in GRID_REFINEMENTS:
         rows = stray.nonzero().squeeze(1)
+        spent += refine * len(rows)
+        if not _affordable(spent, len(rows), refine, x.shape[0]):
+            return
         steps = _BrownianSteps(replay, noise_state, grid, x.shape[0], x.shape[1], x.dtype,
                                rows, refine, generator)  # fmt: skip
         x_r, _, saved_r = _euler_maruyama(dynamics, x0[rows], steps, batch_size, save_indices)
