@@ -144,6 +144,21 @@ def _density_on_grid(
     return X, Y, hist.T / max(hist.max(), 1)
 
 
+def _view_limits(
+    finite: Mapping[str, np.ndarray], reference: np.ndarray | None
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The panels' x and y ranges: the exact samples' range widened by half of it on each side
+    where there are exact samples (so one method's outliers cannot shrink the target to a corner
+    of every panel), else the model samples' range."""
+    if reference is None:
+        return tuple(_range(*(v[:, j] for v in finite.values())) for j in range(2))
+    widened = []
+    for j in range(2):
+        lo, hi = _range(reference[:, j])
+        widened.append((lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)))
+    return tuple(widened)
+
+
 def plot_samples_2d(
     samples: Mapping[str, Tensor],
     path: str | Path,
@@ -158,15 +173,13 @@ def plot_samples_2d(
     contours at ``p_max exp(-k^2/2)``, ``k`` in ``CONTOUR_SIGMAS``. ``log_prob`` (a batched
     function of ``(n, 2)`` float64 points) draws the exact density of a 2-D target; for ``d > 2``
     the contours are those of a histogram of the exact ``reference`` samples (the pairwise
-    marginal). Non-finite samples are left out and counted in the panel title."""
+    marginal). Non-finite samples are left out and counted in the panel title, as are samples
+    outside the view (:func:`_view_limits`)."""
     names = list(samples)
     ref = None if reference is None else _np(reference)
     points = {k: _np(v[:max_points][:, list(dims)]) for k, v in samples.items()}
     finite = {k: v[np.isfinite(v).all(1)] for k, v in points.items()}
-    lims = tuple(
-        _range(*(v[:, j] for v in finite.values()), *([ref[:, dims[j]]] if ref is not None else []))
-        for j in range(2)
-    )
+    lims = _view_limits(finite, None if ref is None else ref[:, list(dims)])
     density = _density_on_grid(dims, lims, log_prob, ref)
     cols = min(len(names), 4)
     rows = (len(names) + cols - 1) // cols
@@ -177,7 +190,10 @@ def plot_samples_2d(
             ax.contour(*density, levels=levels, colors="black", linewidths=0.7)
         ax.scatter(*finite[name].T, s=2, alpha=0.35, color="tab:blue", rasterized=True)
         dropped = len(points[name]) - len(finite[name])
-        ax.set_title(name + (f" ({dropped} NaN/Inf)" if dropped else ""), fontsize=9)
+        inside = [(lo <= c) & (c <= hi) for c, (lo, hi) in zip(finite[name].T, lims, strict=True)]
+        off_view = int((~(inside[0] & inside[1])).sum())
+        notes = [f"{dropped} NaN/Inf"] * bool(dropped) + [f"{off_view} off view"] * bool(off_view)
+        ax.set_title(name + (f" ({', '.join(notes)})" if notes else ""), fontsize=9)
         ax.set_xlim(*lims[0])
         ax.set_ylim(*lims[1])
         ax.set_xlabel(f"$x_{dims[0] + 1}$")

@@ -51,3 +51,20 @@ def test_one_panel_per_method_and_non_finite_samples_left_out(tmp_path: Path) ->
     assert image.shape[1] == pytest.approx(3 * 3.4 * 110, abs=2)  # 3 panels of 3.4 inches
     single = plot_samples_2d({"a": good}, tmp_path / "one.png", dims=(1, 2))
     assert matplotlib.image.imread(single).shape[1] == pytest.approx(3.4 * 110, abs=2)
+
+
+def test_one_methods_outliers_do_not_set_every_panels_view() -> None:
+    """A method that sprays samples to 1e3 (the 150 s GMM-40 gradient flow reached -500) must
+    not shrink the target to a corner of every panel: with exact samples the view is their
+    range widened by half of it on each side."""
+    from pdesampler.plots import _view_limits
+
+    gen = np.random.default_rng(0)
+    ref = gen.normal(size=(5000, 2))
+    wild = np.concatenate([gen.normal(size=(900, 2)), 1e3 * gen.normal(size=(100, 2))])
+    (x_lo, x_hi), (y_lo, y_hi) = _view_limits({"calm": ref[:1000], "wild": wild}, ref)
+    span = np.quantile(ref[:, 0], 0.9995) - np.quantile(ref[:, 0], 0.0005)
+    assert -1.2 * span < x_lo < -span and span < x_hi < 1.2 * span
+    assert -1.2 * span < y_lo < -span and span < y_hi < 1.2 * span
+    (lo, hi), _ = _view_limits({"wild": wild}, None)  # no exact samples: the model's range
+    assert hi - lo > 100 * span
