@@ -643,6 +643,10 @@ def sample_sde(
     points at each step from ``generator`` on the CPU, so the result does not depend on
     ``batch_size``; only the drift evaluations are batched.
 
+    Samples whose end state is NaN/Inf (a drift too stiff for the step) are solved again on
+    finer grids along the same Brownian paths (:func:`_refine_sde_strays`), within
+    :data:`REFINEMENT_BUDGET`; a trajectory baseline keeps its grid (its path weights live on it).
+
     Args:
         dynamics: the drift, diffusion, prior and time span.
         n: the number of samples.
