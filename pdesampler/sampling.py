@@ -420,24 +420,39 @@ class _Solver:
         return xs, ells
 
     def _refined(self, start: State, coarse: State, method: str, n_batch: int) -> State:
-        """``method`` on ever finer grids (:data:`GRID_REFINEMENTS`) for samples whose ``coarse``
-        solution is non-finite, within :data:`REFINEMENT_BUDGET` grid solves of the ``n_batch``
-        samples; each keeps its first finite trajectory (else the finest one)."""
+        """``method`` on ever finer grids (:func:`_refine_until_finite`) for samples whose
+        ``coarse`` solution is non-finite; each keeps its first finite trajectory (else the
+        finest one)."""
         xs, ells = coarse
-        todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
-        spent = 0
-        for refine in GRID_REFINEMENTS:
-            idx = todo.nonzero().squeeze(1)
-            spent += refine * len(idx)
-            if not _affordable(spent, len(idx), refine, n_batch):
-                return xs, ells
+
+        def solve(idx: Tensor, refine: int) -> Tensor:
             xs[:, idx], ells[:, idx] = self.on_grid((start[0][idx], start[1][idx]), method, refine)
-            todo[idx] = _stray_rows(xs[:, idx], ells[:, idx])
-            if not todo.any():
-                return xs, ells
-        logger.warning("%d samples are non-finite even on a %dx finer %s grid",
-                       int(todo.sum()), GRID_REFINEMENTS[-1], method)  # fmt: skip
+            return _stray_rows(xs[:, idx], ells[:, idx])
+
+        todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
+        _refine_until_finite(todo, n_batch, solve, method)
         return xs, ells
+
+
+def _refine_until_finite(
+    stray: Tensor, n_batch: int, solve: Callable[[Tensor, int], Tensor], scheme: str
+) -> None:
+    """The refinement ladder shared by the ODE and SDE solvers: for each level of
+    :data:`GRID_REFINEMENTS` within :data:`REFINEMENT_BUDGET` grid solves of ``n_batch``
+    samples, ``solve(rows, refine)`` solves the ``stray`` rows again on a grid ``refine`` times
+    finer, keeps their result and returns which of them are still non-finite; ``stray`` is
+    updated in place."""
+    spent = 0
+    for refine in GRID_REFINEMENTS:
+        rows = stray.nonzero().squeeze(1)
+        spent += refine * len(rows)
+        if not _affordable(spent, len(rows), refine, n_batch):
+            return
+        stray[rows] = solve(rows, refine)
+        if not stray.any():
+            return
+    logger.warning("%d samples are non-finite even on a %dx finer %s grid",
+                   int(stray.sum()), GRID_REFINEMENTS[-1], scheme)  # fmt: skip
 
 
 def _affordable(spent: int, n_left: int, refine: int, n_batch: int) -> bool:
@@ -755,23 +770,18 @@ def _refine_sde_strays(dynamics, x0, stray, grid, generator, noise_state, batch_
     logger.warning("%d of %d SDE samples blow up on the %d-step Euler-Maruyama grid; they get "
                    "finer grids along the same Brownian paths", int(stray.sum()), x.shape[0],
                    len(grid) - 1)  # fmt: skip
-    replay, spent = torch.Generator(), 0
-    for refine in GRID_REFINEMENTS:
-        rows = stray.nonzero().squeeze(1)
-        spent += refine * len(rows)
-        if not _affordable(spent, len(rows), refine, x.shape[0]):
-            return
+    replay = torch.Generator()
+
+    def solve(rows: Tensor, refine: int) -> Tensor:
         steps = _BrownianSteps(replay, noise_state, grid, x.shape[0], x.shape[1], x.dtype,
                                rows, refine, generator)  # fmt: skip
         x_r, _, saved_r = _euler_maruyama(dynamics, x0[rows], steps, batch_size, save_indices)
         x[rows] = x_r
         for whole, part in zip(saved, saved_r, strict=True):
             whole[rows] = part
-        stray[rows] = ~torch.isfinite(x_r).all(1)
-        if not stray.any():
-            return
-    logger.warning("%d SDE samples are non-finite even on a %dx finer grid", int(stray.sum()),
-                   GRID_REFINEMENTS[-1])  # fmt: skip
+        return ~torch.isfinite(x_r).all(1)
+
+    _refine_until_finite(stray, x.shape[0], solve, "Euler-Maruyama")
 
 
 def sample(
