@@ -246,8 +246,7 @@ class OUSampler(CollocationSampler):
 
     def __call__(self, n: int) -> tuple[Tensor, Tensor]:
         t = self.t_min + (1 - self.t_min) * self._rand(n)
-        B = t * (self.beta(torch.zeros_like(t)) + self.beta(t)) / 2
-        a = torch.exp(-0.5 * B)[:, None]
+        a = self.beta.signal_scale(t)[:, None]
         u = self.lo + (self.hi - self.lo) * self._rand(n, self.lo.numel())
         return a * u + (1 - a**2).sqrt() * self._randn(n, self.lo.numel()), t
 

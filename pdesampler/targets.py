@@ -17,7 +17,16 @@ import torch
 from scipy import integrate
 from torch import Tensor, nn
 
-__all__ = ["GMM9", "GMM40", "FabManyWell", "Gaussian", "GaussianMixture", "ManyWell", "Target"]
+__all__ = [
+    "GMM9",
+    "GMM40",
+    "FabManyWell",
+    "Gaussian",
+    "GaussianMixture",
+    "ManyWell",
+    "Target",
+    "tail_exponent",
+]
 
 
 def _as_vector(value: float | Sequence[float] | Tensor, dim: int, name: str) -> Tensor:
@@ -75,6 +84,28 @@ class Target(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, log_Z={self.log_Z}"
+
+
+def tail_exponent(target: Target, n_directions: int = 64, seed: int = 0) -> float:
+    """The growth exponent ``p`` of :math:`-\\log\\rho(c + r\\,u) \\sim r^p` far outside the box.
+
+    With ``c`` the box's centre, ``R`` its half-diagonal and :math:`f(r)` the mean of
+    :math:`-\\log\\rho(c + r\\,u)` over ``n_directions`` random unit vectors ``u``:
+    :math:`p = \\log_2 \\frac{f(8R) - f(4R)}{f(4R) - f(2R)}` (exact for :math:`f = A r^p + B`).
+    About 2 for Gaussian mixtures, 4 for the many-wells; NaN where :math:`\\log\\rho` is not
+    finite out there. Evaluated in float64 unless the target holds another floating dtype.
+    """
+    lower, upper = target.box
+    centre, half_diagonal = (lower + upper) / 2, float((upper - lower).norm()) / 2
+    u = torch.randn(n_directions, target.dim, generator=torch.Generator().manual_seed(seed))
+    u = (u / u.norm(dim=1, keepdim=True)).to(torch.float64)
+    dtype = next((b.dtype for b in target.buffers() if b.is_floating_point()), torch.float64)
+    with torch.no_grad():
+        f = [
+            -target.log_prob((centre + k * half_diagonal * u).to(dtype)).double().mean()
+            for k in (2, 4, 8)
+        ]
+        return float(torch.log2((f[2] - f[1]) / (f[1] - f[0])))
 
 
 class Gaussian(Target):

@@ -166,7 +166,7 @@ def solve_correction(residual: TransportResidual, V: Callable, normalizer: Calla
 
     def phi(x, t):
         a, b, c = density.coefficients(t)
-        base = a * _point_log(density.target, x) + b * _point_log(density.prior, x)
+        base = a * density.log_rho(x, t) + b * _point_log(density.prior, x)
         return (V(x, t) - base + normalizer(t)) / c
 
     return Fn(phi)

@@ -27,6 +27,7 @@ import torch
 from torch.func import vmap
 
 from pdesampler.losses import make_loss
+from pdesampler.losses.parts import LinearBeta
 from pdesampler.ops import Exact, batch_probes
 from pdesampler.targets import Gaussian
 
@@ -148,20 +149,21 @@ def test_gradflow_weight_of_log_rho_cannot_turn_negative() -> None:
     """The weight w(t) = t s(t) + 1 - t of log rho in g_t: by default w = exp(t u(t)) for the
     schedule network u (starting at u = -4), so w(0) = 1 and w > 0 however far u is pushed; the
     free schedule (positive_weight=False) starts at s = 0 (w = 1 - t) and follows its network
-    below 0; without a schedule (learn_schedule=False) w = 1 - t."""
+    below 0; without a schedule (learn_schedule=False) w = 1 - t. Following the modes, u starts
+    at 0 and the weight of log rho(x / a_t) is a_t^2 w(t)."""
     t = torch.linspace(0, 1, 11, dtype=torch.float64)
-    weight, _, _ = make_loss("gradflow", TARGET, net=NET).double().density.coefficients(t)
-    torch.testing.assert_close(weight, torch.exp(-4.0 * t))
-    free, _, _ = make_loss("gradflow", TARGET, net=NET, positive_weight=False).density.coefficients(
-        t
-    )
-    torch.testing.assert_close(free, 1 - t)
-    fixed, _, _ = make_loss("gradflow", TARGET, net=NET, learn_schedule=False).density.coefficients(
-        t
-    )
-    torch.testing.assert_close(fixed, 1 - t)  # no schedule: s = 0 with either weight
+
+    def weight_of(**kw):
+        loss = make_loss("gradflow", TARGET, net=NET, **kw).double()
+        return loss.density.coefficients(t)[0]
+
+    torch.testing.assert_close(weight_of(follow_modes=False), torch.exp(-4.0 * t))
+    torch.testing.assert_close(weight_of(follow_modes=False, positive_weight=False), 1 - t)
+    torch.testing.assert_close(weight_of(follow_modes=False, learn_schedule=False), 1 - t)
+    a = LinearBeta().signal_scale(t)
+    torch.testing.assert_close(weight_of(follow_modes=True), a**2)
     for positive in (True, False):
-        residual = random_entry("gradflow", positive_weight=positive)
+        residual = random_entry("gradflow", positive_weight=positive, follow_modes=False)
         with torch.no_grad():
             residual.density.coefficients.schedule.trunk.output.bias.fill_(-50.0)
         weight, _, _ = residual.density.coefficients(t)

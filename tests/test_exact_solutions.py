@@ -7,7 +7,8 @@ import pytest
 import torch
 from exact_solutions import Fn, build_exact
 
-from pdesampler.losses import CATALOGUE
+from pdesampler.losses import CATALOGUE, gradflow
+from pdesampler.targets import GMM40, ManyWell
 
 NAMES = list(CATALOGUE)
 
@@ -49,6 +50,23 @@ def test_residual_vanishes_at_exact_solution(name: str, d: int) -> None:
     assert max(r.abs().max() for r in perturbed.values()) > 1e-3
 
 
+@pytest.mark.parametrize("d", [1, 3])
+def test_gradflow_following_the_modes_is_exact_on_unit_gaussians(d: int) -> None:
+    """With ``follow_modes`` the target term a_t^2 log rho(x / a_t) alone carries the OU path of
+    a target N(m, I): the exact psi is a function of t only, while with log rho(x) at a fixed
+    argument psi must vary in x. The residual still vanishes at the exact solution."""
+    x, t = random_points(build_exact("gradflow", d)[0])
+    spreads = {}
+    for follow in (False, True):
+        residual, _, _ = build_exact("gradflow", d, s=1.0, m_scale=3.0, follow_modes=follow)
+        assert residual.residuals(x, t)["pde"].abs().max() < 1e-8
+        psi = torch.vmap(residual.density.correction)(x, t)
+        at_zero = torch.vmap(residual.density.correction)(torch.zeros_like(x), t)
+        spreads[follow] = (psi - at_zero).abs().max()
+    assert spreads[True] < 1e-10
+    assert spreads[False] > 1.0
+
+
 @pytest.mark.parametrize("name", ["logce", "logfp_anneal"])
 def test_time_horizon_other_than_one(name: str) -> None:
     residual, _, _ = build_exact(name, 2, T=2.5)
@@ -83,3 +101,12 @@ def test_log_z_starts_at_the_priors_importance_sampling_estimate(name: str) -> N
             CATALOGUE[name](scaled_prior, log_z_init="zero")
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_gradflow_follows_the_modes_only_where_tails_are_gaussian() -> None:
+    small = {"width": 4, "depth": 1}
+    assert gradflow(GMM40(), net=small).density.rho_scale is not None
+    assert gradflow(ManyWell(5, 5, 4.0), net=small).density.rho_scale is None
+    assert gradflow(GMM40(), net=small, follow_modes=False).density.rho_scale is None
+    with pytest.raises(ValueError, match="follow_modes must be true, false or 'auto'"):
+        gradflow(GMM40(), net=small, follow_modes="yes")

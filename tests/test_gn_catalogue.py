@@ -110,8 +110,9 @@ def raw_jacobian(residual: Residual, params, x: Tensor, t: Tensor) -> tuple[Tens
     return values, torch.cat([jac[k].reshape(values.shape[0], -1) for k in prefixed], dim=1)
 
 
-def reference_direction(residual: Residual, params, x: Tensor, t: Tensor) -> Tensor:
-    """:math:`(J_{raw}^\\top W J_{raw} / N + \\varepsilon I)^{-1} J_{raw}^\\top W r_{raw} / N`."""
+def explicit_system(residual: Residual, params, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """:math:`A = J_{raw}^\\top W J_{raw} / N + \\varepsilon I` and
+    :math:`b = J_{raw}^\\top W r_{raw} / N` from the explicit Jacobian."""
     r_raw, j_raw = raw_jacobian(residual, params, x, t)
     n = x.shape[0]
     weights = torch.cat(
@@ -119,7 +120,12 @@ def reference_direction(residual: Residual, params, x: Tensor, t: Tensor) -> Ten
     )
     gram = j_raw.T @ (weights[:, None] * j_raw) / n
     gradient = j_raw.T @ (weights * r_raw) / n
-    return torch.linalg.solve(gram + EPS * torch.eye(gram.shape[0], dtype=F64), gradient)
+    return gram + EPS * torch.eye(gram.shape[0], dtype=F64), gradient
+
+
+def reference_direction(residual: Residual, params, x: Tensor, t: Tensor) -> Tensor:
+    """:math:`A^{-1} b` of :func:`explicit_system`."""
+    return torch.linalg.solve(*explicit_system(residual, params, x, t))
 
 
 def cg_direction(residual_fn, params, jacobian_product: str = "double_vjp"):
@@ -144,12 +150,21 @@ def num_params(params) -> int:
 # ---------------------------------------------------------------------- CG vs explicit
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_cg_direction_matches_explicit_jacobian(name: str):
+    """The CG direction solves the explicitly built system: backward error
+    ``|A delta - b| / |b| < 1e-10``, and the forward error against ``torch.linalg.solve``
+    where the conditioning allows it. With these random tiny networks ``cond(A)`` is 3e6-1e8 at
+    ``eps = 1e-5``, except gradflow: 1.4e12 following the modes on GMM-9, where any float64
+    solve, the reference included, is only good to about ``cond * 1e-17`` = 1e-5."""
     residual, params, residual_fn, x, t = build(name)
     assert num_params(params) <= 500
     lin, result = cg_direction(residual_fn, params)
-    reference = reference_direction(residual, params, x, t)
-    assert torch.isfinite(reference).all() and reference.norm() > 0
-    assert rel_err(result.solution, reference) < TOL, (result.iterations, result.rel_residual)
+    A, b = explicit_system(residual, params, x, t)
+    assert torch.isfinite(b).all() and b.norm() > 0
+    backward = float((A @ result.solution - b).norm() / b.norm())
+    assert backward < 1e-10, (result.iterations, result.rel_residual)
+    if torch.linalg.cond(A) < 1e11:
+        reference = torch.linalg.solve(A, b)
+        assert rel_err(result.solution, reference) < TOL, (result.iterations, result.rel_residual)
     # GN's loss ||r||^2 is the residual's loss: sum_k alpha_k mean(r_k^2)
     loss, _ = residual.loss(x, t)
     assert math.isclose(float(lin.loss), float(loss.detach()), rel_tol=1e-12)

@@ -41,7 +41,7 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
         "target": "mw5",
         "collocation": "box",
         "collocation_options": {"prior_box_width": 3.0},
-        "net": {"width": 128, "depth": 3},
+        "net": {"width": 128, "depth": 3, "input_scale": 1.0},
         "lr": 5e-3,
         "lr_final": 1e-4,
         "batch_size": 1024,
@@ -51,6 +51,7 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
     assert gmm9["collocation_options"] == {"prior_box_width": 5.0, **TC_OPTIONS}
     assert problem_settings("mw50")["collocation_options"] == {"prior_box_width": 3.0}
     assert problem_settings("fab_mw8")["collocation"] == "default"
+    assert problem_settings("gmm40")["net"] == {"width": 128, "depth": 3, "input_scale": 10.0}
 
 
 def test_a_target_without_a_preset_gets_the_default_rule() -> None:

@@ -27,6 +27,7 @@ from pdesampler.targets import (
     GaussianMixture,
     ManyWell,
     Target,
+    tail_exponent,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "target"
@@ -453,3 +454,25 @@ def test_target_config_instantiates(name):
     assert target.dim == dim
     assert abs(target.log_Z - log_z) < 1e-4
     assert target.log_prob(target.sample(8, gen(14))).shape == (8,)
+
+
+class _Compact(Target):
+    """A density that vanishes outside the unit ball: -log rho is infinite out there."""
+
+    def __init__(self) -> None:
+        super().__init__(2, (-torch.ones(2), torch.ones(2)))
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        r2 = (x * x).sum(-1)
+        return torch.where(r2 < 1, -r2, torch.full_like(r2, -math.inf))
+
+
+def test_tail_exponent() -> None:
+    """-log rho ~ r^p far out: exactly 2 for a Gaussian, near 2 for the mixtures (the nearest
+    mode sits off the box centre), 4 for the many-wells, NaN where rho vanishes."""
+    assert tail_exponent(Gaussian(mean=[3.0, -1.0, 0.5], std=0.2)) == pytest.approx(2.0, abs=1e-9)
+    assert 2.0 < tail_exponent(GMM40()) < 2.5
+    assert 2.0 < tail_exponent(GMM9()) < 2.5
+    for target in (ManyWell(5, 5, 4.0), ManyWell(50, 5, 2.0), FabManyWell(8)):
+        assert tail_exponent(target) == pytest.approx(4.0, abs=0.05)
+    assert math.isnan(tail_exponent(_Compact()))

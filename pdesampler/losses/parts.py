@@ -95,6 +95,11 @@ class LinearBeta(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         return self.beta_min + _unit_time(t, self.T) * (self.beta_max - self.beta_min)
 
+    def signal_scale(self, t: Tensor) -> Tensor:
+        """:math:`a_t = e^{-B(t)/2}` with :math:`B(t) = \\int_0^t\\beta = t(\\beta(0) + \\beta(t))/2`:
+        the VP-SDE started at ``X_0`` has :math:`X_t = a_t X_0 + \\sqrt{1 - a_t^2}\\,N` (SPEC 4.3)."""
+        return torch.exp(-0.25 * t * (self.forward(torch.zeros_like(t)) + self.forward(t)))
+
 
 # ---------------------------------------------------------------------------- log-density paths
 class Coefficients(nn.Module):
@@ -139,11 +144,21 @@ class GradientFlowCoefficients(Coefficients):
     ``positive_weight`` reads the schedule network :math:`u` as :math:`w(t) = e^{t\\,u(t)}`
     instead: the same family with :math:`s > -(1 - t)/t`, so the weight of :math:`\\log\\rho`
     stays positive (see :func:`pdesampler.losses.gradflow`) and :math:`w(0) = 1` still. Without
-    a schedule :math:`w = 1 - t` either way."""
+    a schedule :math:`w = 1 - t` either way.
 
-    def __init__(self, schedule: nn.Module | None = None, positive_weight: bool = False) -> None:
+    ``signal`` (a :class:`LinearBeta`) multiplies the weight by :math:`a_t^2`, the weight for
+    :math:`\\log\\rho(x / a_t)` that follows the modes (:class:`LogDensityPath` ``rho_scale``):
+    for a target :math:`\\mathcal N(\\mu, I)` the path is :math:`\\mathcal N(a_t\\mu, I)`, i.e.
+    exactly :math:`a_t^2\\log\\rho(x / a_t)` up to a function of ``t``."""
+
+    def __init__(
+        self,
+        schedule: nn.Module | None = None,
+        positive_weight: bool = False,
+        signal: LinearBeta | None = None,
+    ) -> None:
         super().__init__()
-        self.schedule, self.positive_weight = schedule, positive_weight
+        self.schedule, self.positive_weight, self.signal = schedule, positive_weight, signal
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.schedule is None:  # s = 0
@@ -152,6 +167,8 @@ class GradientFlowCoefficients(Coefficients):
             weight = torch.exp(t * self.schedule(t))
         else:
             weight = t * self.schedule(t) + 1 - t
+        if self.signal is not None:
+            weight = weight * self.signal.signal_scale(t) ** 2
         return weight, torch.zeros_like(t), t
 
 
@@ -193,6 +210,8 @@ class LogDensityPath(nn.Module):
         log_z_rate: :math:`C_t = \\tfrac{d}{dt}\\log Z_t` of a Boltzmann curve (a network of ``t``),
             which enters :math:`\\partial_t V` only, or ``None``.
         T: the time horizon (where :math:`\\log z(T)` estimates :math:`\\log Z`).
+        rho_scale: ``t -> k(t)``: :math:`\\log\\rho` is read at :math:`x / k(t)` (the gradient
+            flow's modes moving with the OU path, :math:`k = a_t`), or ``None``: at ``x``.
     """
 
     def __init__(
@@ -204,9 +223,11 @@ class LogDensityPath(nn.Module):
         log_z: nn.Module | None = None,
         log_z_rate: nn.Module | None = None,
         T: float = 1.0,
+        rho_scale: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.target, self.prior = target, prior
+        self.rho_scale = rho_scale
         self.coefficients = coefficients
         self.correction = correction
         self.log_z = log_z
@@ -216,7 +237,7 @@ class LogDensityPath(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """:math:`V(x, t)` at one point, without the :math:`\\int C` term."""
         a, b, c = self.coefficients(t)
-        log_rho = _point_log_prob(self.target, x)
+        log_rho = self.log_rho(x, t)
         if self.log_z is not None:
             log_rho = log_rho - self.log_z(t)
         value = a * log_rho + b * _point_log_prob(self.prior, x)
@@ -235,16 +256,17 @@ class LogDensityPath(nn.Module):
 
         Assembled from the jets of :math:`\\log\\rho`, :math:`\\log p_{prior}` and
         :math:`\\varphi` (:func:`network_jet`) and the time derivatives of the coefficients:
-        :math:`\\partial_t V = a'(\\log\\rho - \\log z) - a\\,(\\log z)' + b'\\log p_{prior}
-        + c'\\varphi + c\\,\\partial_t\\varphi - C_t`, while :math:`\\nabla` and :math:`\\Delta`
+        :math:`\\partial_t V = a'(\\log\\rho - \\log z) + a\\,\\partial_t\\log\\rho - a\\,(\\log z)'
+        + b'\\log p_{prior} + c'\\varphi + c\\,\\partial_t\\varphi - C_t` (:math:`\\partial_t\\log\\rho`
+        is not 0 only with ``rho_scale``), while :math:`\\nabla` and :math:`\\Delta`
         are linear: :math:`\\Delta V = a\\Delta\\log\\rho + b\\Delta\\log p_{prior} + c\\Delta\\varphi`.
         """
         (a, b, c, alz), rates = jvp(self.time_terms, (t,), (torch.ones_like(t),))
         da, db, dc, dalz = (r.to(t.dtype) for r in rates)  # jvp of a 0-dim t may promote
-        rho = ops.scalar_jet(self._log_rho, estimator, laplacian=laplacian)(x, t, probes)
+        rho = ops.scalar_jet(self.log_rho, estimator, laplacian=laplacian)(x, t, probes)
         prior = ops.scalar_jet(self._log_prior, estimator, laplacian=laplacian)(x, t, probes)
         value = a * rho.value + b * prior.value - alz
-        dt = da * rho.value + db * prior.value - dalz
+        dt = da * rho.value + a * rho.dt + db * prior.value - dalz
         grad = a * rho.grad + b * prior.grad
         lap = a * rho.lap + b * prior.lap if laplacian else None
         if self.correction is not None:
@@ -257,7 +279,10 @@ class LogDensityPath(nn.Module):
             dt = dt - self.log_z_rate(t)
         return ScalarJet(value, dt, grad, lap)
 
-    def _log_rho(self, x: Tensor, t: Tensor) -> Tensor:
+    def log_rho(self, x: Tensor, t: Tensor) -> Tensor:
+        """:math:`\\log\\rho` at one point, read at :math:`x / k(t)` with ``rho_scale``."""
+        if self.rho_scale is not None:
+            x = x / self.rho_scale(t)
         return _point_log_prob(self.target, x)
 
     def _log_prior(self, x: Tensor, t: Tensor) -> Tensor:
