@@ -55,7 +55,9 @@ GOALS = {
         "label": "MW 5/5/4", "seconds": 600, "goal": {"ess": 0.99, "dlogZ": 0.01},
         "methods": {
             "logce": ["loss=logce"],
-            "logce_spring": ["loss=logce", "optim=adam_gn"],
+            "logce_eager": ["loss=logce", "optim.compile=false"],  # the compiled step's worth
+            # SPRING until the budget ends (its 500-step cap ends it at ~150 of its 200 s)
+            "logce_spring": ["loss=logce", "optim=adam_gn", "optim.gn.steps=100000"],
             "gradflow": ["loss=gradflow"],
         },
     },
@@ -74,6 +76,8 @@ GOALS = {
         "methods": {
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow")},
             "learned_wide": ["loss=learned", "prior_std=20"],  # a prior as wide as the modes
+            "gradflow_w256": ["loss=gradflow", "net.width=256"],  # capacity for merging modes
+            "gradflow_d4": ["loss=gradflow", "net.depth=4"],
         },
     },
     "mw50": {

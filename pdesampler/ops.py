@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.func import grad, grad_and_value, jvp, vmap
+from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 PointFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -143,11 +143,19 @@ class ScalarJet(NamedTuple):
 def vector_jet(F: PointFn, estimator: TraceEstimator | None = None):
     """``(x, t, probes) -> VectorJet``: :math:`F(x, t)` and :math:`\\nabla\\cdot F(x, t)`.
 
-    One ``jvp`` per probe gives :math:`J_F v` together with the primal :math:`F(x)`.
+    One ``jvp`` per probe gives :math:`J_F v` together with the primal :math:`F(x)`. Under
+    ``torch.compile``, which cannot trace a ``jvp`` along per-point (Hutchinson) probes (torch
+    2.13), one reverse pass and a ``vjp`` per probe give :math:`v^\\top J_F^\\top v = v^\\top
+    J_F v` instead.
     """
     estimator = estimator or Exact()
 
     def jet(x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
+        if torch.compiler.is_compiling():
+            values, pull = vjp(lambda y: F(y, t), x)
+            jtv = vmap(lambda v: pull(v)[0])(probes)
+            return VectorJet(values, estimator.reduce((jtv * probes).sum(-1)))
+
         def along(v: Tensor) -> tuple[Tensor, Tensor]:
             return jvp(lambda y: F(y, t), (x,), (v,))
 
@@ -163,6 +171,10 @@ def scalar_jet(f: PointFn, estimator: TraceEstimator | None = None, *, laplacian
     One reverse pass gives :math:`(\\nabla_x f, \\partial_t f, f)`; when ``laplacian`` is set,
     forward-mode products of that reverse pass along the probes give :math:`H v` and thus
     :math:`\\Delta f = \\mathrm{Tr}(H)` in the same computation (forward-over-reverse).
+    Under ``torch.compile``, which cannot trace forward-over-reverse (torch 2.13), the products
+    are vector-Jacobian products of the reverse pass instead (reverse-over-reverse, the same
+    :math:`H v` as :math:`H` is symmetric): slower eagerly, 2-3x faster compiled
+    (``benchmarks/bench_compile.py``).
     """
     estimator = estimator or Exact()
     grads_and_value = grad_and_value(f, argnums=(0, 1))
@@ -172,12 +184,24 @@ def scalar_jet(f: PointFn, estimator: TraceEstimator | None = None, *, laplacian
             (gx, gt), value = grads_and_value(x, t)
             return ScalarJet(value, gt, gx, None)
 
+        if torch.compiler.is_compiling():  # TorchDynamo cannot trace forward-over-reverse
+            return reverse_over_reverse(x, t, probes)
+
         def along(v: Tensor):
             return jvp(lambda y: grads_and_value(y, t), (x,), (v,))
 
         ((gx, gt), value), ((hv, _), _) = vmap(along)(probes)
         lap = estimator.reduce((hv * probes).sum(-1))
         return ScalarJet(value[0], gt[0], gx[0], lap)
+
+    def reverse_over_reverse(x: Tensor, t: Tensor, probes: Tensor) -> ScalarJet:
+        def grads(y: Tensor):
+            (gx, gt), value = grads_and_value(y, t)
+            return gx, (gt, value)
+
+        gx, pull, (gt, value) = vjp(grads, x, has_aux=True)
+        hv = vmap(lambda v: pull(v)[0])(probes)  # H^T v = H v
+        return ScalarJet(value, gt, gx, estimator.reduce((hv * probes).sum(-1)))
 
     return jet
 

@@ -166,6 +166,7 @@ def train_run(
     max_seconds = optim.pop("max_seconds", None)
     gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
     gn_batch_size = gn.pop("batch_size", None) if gn else None
+    compile_loss = optim.pop("compile", "auto")
     collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
     kind, options = collocation_settings(collocation, residual)
     return train(
@@ -182,6 +183,7 @@ def train_run(
         checkpoint_dir=checkpoint_dir,
         progress=bool(cfg.progress),
         on_step=on_step,
+        compile=compile_loss,
     )
 
 

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.collocation import CollocationSampler, make_collocation
+from pdesampler.compiling import CompiledOrEager, should_compile
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import non_finite_log_prob, validate_residual
@@ -89,6 +90,7 @@ def train(
     progress: bool = True,
     validate: bool = True,
     on_step: StepHook | None = None,
+    compile: bool | str = "auto",
 ) -> TrainResult:
     """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given. A
     trajectory baseline (:class:`TrajectoryLoss`) trains with Adam on simulated paths and
@@ -115,6 +117,9 @@ def train(
             at once with a clear message.
         on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
             (steps and seconds count from the start of that phase).
+        compile: evaluate the Adam phase's loss through ``torch.compile`` (``"auto"``: on CPU
+            for a phase of at least two minutes or 1000 steps; see :mod:`pdesampler.compiling`);
+            a residual that does not compile runs eagerly, with a warning.
     """
     check("batch_size", batch_size, POSITIVE_INT)
     check("max_seconds", max_seconds, POSITIVE_OR_NONE)
@@ -166,12 +171,15 @@ def train(
         )
 
     last_batch: list[Tensor] = []
+    residual_loss = residual.loss
+    if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds):
+        residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
 
     def loss_fn(step: int):
         sampler.update(step)
         x, t = sampler(batch_size)
         last_batch[:] = [x]
-        return residual.loss(x, t)
+        return residual_loss(x, t)
 
     def extra(phase: str = "adam", **more) -> dict:
         return {"generator": sampler.generator.get_state(), "phase": phase, **more}
