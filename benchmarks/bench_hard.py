@@ -77,7 +77,7 @@ GOALS = {
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow")},
             "learned_wide": ["loss=learned", "prior_std=20"],  # a prior as wide as the modes
             "gradflow_w256": ["loss=gradflow", "net.width=256"],  # capacity for merging modes
-            "gradflow_d4": ["loss=gradflow", "net.depth=4"],
+            "gradflow_b2048": ["loss=gradflow", "batch_size=2048"],
         },
     },
     "mw50": {

@@ -1,10 +1,12 @@
 """``torch.compile`` for the Adam phase's loss, with a fallback to eager execution.
 
-On CPU a compiled residual loss (forward and backward) runs 1.5-2.4 times faster per Adam step
+On CPU a compiled residual loss (forward and backward) runs 1.6-6 times faster per Adam step
 than eager ``torch.func`` (``benchmarks/bench_compile.py``; README "Compiled Adam steps"), for
-one-off compilation costs of about 10-30 s. Some residuals do not compile: forward-over-reverse
-Laplacians (logFP, score, the gradient flow) and Hutchinson's random probes inside ``vmap``
-fail in TorchDynamo (torch 2.13). :class:`CompiledOrEager` then warns once and runs eagerly.
+a one-off compilation of 3-45 s (about 2 minutes at d = 50 with a cold cache). TorchDynamo
+(torch 2.13) cannot trace forward-over-reverse products or a ``jvp`` along per-point probes, so
+:mod:`pdesampler.ops` takes Laplacians and Hutchinson divergences reverse-mode while compiling;
+a residual of one's own that still does not compile runs eagerly after one warning
+(:class:`CompiledOrEager`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: ``compile="auto"`` compiles on CPU when the Adam phase runs at least this many seconds
 #: (``max_seconds``) or, without a time budget, this many steps: enough that the one-off
-#: compilation (10-30 s) pays for itself at a 1.5-2.4x faster step.
+#: compilation (3-45 s) pays for itself at a 1.6-6x faster step.
 COMPILE_MIN_SECONDS, COMPILE_MIN_STEPS = 120.0, 1000
 
 
@@ -44,10 +46,16 @@ def should_compile(
 class CompiledOrEager:
     """``torch.compile(fn)`` that falls back to ``fn`` for good (with one warning) the first time
     compiling or running the compiled code raises; :attr:`compiled` says which runs. An error of
-    ``fn`` itself is raised again by the eager call, so nothing is hidden."""
+    ``fn`` itself is raised again by the eager call, so nothing is hidden.
+
+    Building one resets TorchDynamo's caches (``torch.compiler.reset``): a bound ``loss`` of a
+    new residual would otherwise be a recompilation of the same code, and after eight of them
+    (``recompile_limit``) TorchDynamo runs it eagerly without a word, as a benchmark that trains
+    several residuals in one process does."""
 
     def __init__(self, fn: Callable, name: str) -> None:
         self.fn, self.name = fn, name
+        torch.compiler.reset()
         self._compiled: Callable | None = torch.compile(fn)
 
     @property
