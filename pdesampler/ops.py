@@ -153,8 +153,8 @@ def vector_jet(F: PointFn, estimator: TraceEstimator | None = None):
     def jet(x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
         if torch.compiler.is_compiling():
             values, pull = vjp(lambda y: F(y, t), x)
-            jtv = vmap(lambda v: pull(v)[0])(probes)
-            return VectorJet(values, estimator.reduce((jtv * probes).sum(-1)))
+            div = estimator.reduce(_quadratic_forms(lambda v: pull(v)[0], probes))  # v.J^T v
+            return VectorJet(values, div)
 
         def along(v: Tensor) -> tuple[Tensor, Tensor]:
             return jvp(lambda y: F(y, t), (x,), (v,))
@@ -185,7 +185,9 @@ def scalar_jet(f: PointFn, estimator: TraceEstimator | None = None, *, laplacian
             return ScalarJet(value, gt, gx, None)
 
         if torch.compiler.is_compiling():  # TorchDynamo cannot trace forward-over-reverse
-            return reverse_over_reverse(x, t, probes)
+            gx, pull, (gt, value) = vjp(lambda y: grad_x_first(y, t), x, has_aux=True)
+            lap = estimator.reduce(_quadratic_forms(lambda v: pull(v)[0], probes))  # H^T v = H v
+            return ScalarJet(value, gt, gx, lap)
 
         def along(v: Tensor):
             return jvp(lambda y: grads_and_value(y, t), (x,), (v,))
@@ -194,14 +196,9 @@ def scalar_jet(f: PointFn, estimator: TraceEstimator | None = None, *, laplacian
         lap = estimator.reduce((hv * probes).sum(-1))
         return ScalarJet(value[0], gt[0], gx[0], lap)
 
-    def reverse_over_reverse(x: Tensor, t: Tensor, probes: Tensor) -> ScalarJet:
-        def grads(y: Tensor):
-            (gx, gt), value = grads_and_value(y, t)
-            return gx, (gt, value)
-
-        gx, pull, (gt, value) = vjp(grads, x, has_aux=True)
-        hv = vmap(lambda v: pull(v)[0])(probes)  # H^T v = H v
-        return ScalarJet(value, gt, gx, estimator.reduce((hv * probes).sum(-1)))
+    def grad_x_first(x: Tensor, t: Tensor):  # grad_x f, with (d_t f, f) as auxiliary output
+        (gx, gt), value = grads_and_value(x, t)
+        return gx, (gt, value)
 
     return jet
 
