@@ -10,6 +10,7 @@ Each run is built from the same Hydra config as ``python benchmarks/run.py probl
 loss=<m>``, trains for the goal's budget (times ``--scale``) and keeps a copy of the weights at
 ``--curve-points`` wall-clock marks; the copies are scored after training (so scoring costs no
 training time) on ``--n-curve`` samples, the final weights on the config's ``eval.n_samples``.
+The resolved config and final weights of each run go to ``results/bench_hard/<problem>_<method>/``.
 Finished runs are merged into ``results/bench_hard.json`` one at a time and are not redone
 (``--force`` redoes them), so goals can run in separate processes and an interrupted benchmark
 resumes. The figures ``results/bench_hard_<problem>.png`` show ESS and |dlogZ| (and the NLL gap
@@ -31,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 from bench_gn import Snapshots, with_params
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pdesampler.problems import problem_overrides
 from pdesampler.runner import (
@@ -69,7 +70,23 @@ GOALS = {
     },
     "fab_mw8": {
         "label": "ManyWell-8 (FAB)", "seconds": 900, "goal": {"ess": 0.9},
-        "methods": {m: [f"loss={m}"] for m in ("linear", "learned", "gradflow", "logce")},
+        "methods": {
+            **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow", "logce")},
+            # half the batch from cached trajectories (2000 paths every 50 steps), half from the
+            # box that moves from the prior's to the target's: the PDE is also checked off the
+            # flow's own paths (learned alone leaves a pair of wells unsplit: README)
+            "learned_mixed": [
+                "loss=learned", "collocation.kind=trajectory_cache",
+                "collocation.options={n_trajectories:2000,n_times:51,every:50,fraction:0.5}",
+            ],
+            # C_t started at 0 instead of the prior's estimate of log Z (41.2): the old default
+            "learned_logz0": ["loss=learned", "+loss.log_z_init=0"],
+            # the same with 2000 prior paths every 50 steps instead of 20 fresh paths per step
+            "learned_cache_logz0": [
+                "loss=learned", "+loss.log_z_init=0", "collocation.kind=trajectory_cache",
+                "collocation.options={n_trajectories:2000,n_times:51,every:50,fraction:1.0}",
+            ],
+        },
     },
     "gmm40": {
         "label": "GMM-40", "seconds": 900, "goal": {"ess": 0.5, "nll_gap": 0.2},
@@ -78,6 +95,8 @@ GOALS = {
             "learned_wide": ["loss=learned", "prior_std=20"],  # a prior as wide as the modes
             "gradflow_w256": ["loss=gradflow", "net.width=256"],  # capacity for merging modes
             "gradflow_b2048": ["loss=gradflow", "batch_size=2048"],
+            # the MW 5/5/4 recipe: compiled Adam, then SPRING until the budget ends (width 64)
+            "gradflow_spring": ["loss=gradflow", "optim=adam_gn", "optim.gn.steps=100000"],
         },
     },
     "mw50": {
@@ -89,6 +108,15 @@ GOALS = {
             "logce_hutchinson": ["loss=logce", "trace.kind=hutchinson"],
             "logce_hutchinson_logz": [
                 "loss=logce", "trace.kind=hutchinson", "+loss.log_z_init=prior"
+            ],
+            # the MW 5/5/4 recipe: compiled Adam, then SPRING until the budget ends (width 64)
+            "logce_exact_logz_spring": [
+                "loss=logce", "trace.kind=exact", "+loss.log_z_init=prior",
+                "optim=adam_gn", "optim.gn.steps=100000",
+            ],
+            "logce_hutchinson_logz_spring": [
+                "loss=logce", "trace.kind=hutchinson", "+loss.log_z_init=prior",
+                "optim=adam_gn", "optim.gn.steps=100000",
             ],
         },
     },
@@ -120,7 +148,9 @@ def meets(point: dict, goal: dict) -> bool:
     return True
 
 
-def run_method(args, problem: str, spec: dict, overrides: list[str]) -> dict:
+def run_method(args, problem: str, spec: dict, overrides: list[str], folder: Path) -> dict:
+    """Train one method for the goal's budget, score its snapshots and final weights; the
+    resolved config and the final weights go to ``folder``."""
     seconds = spec["seconds"] * args.scale
     cfg = run_config(
         problem,
@@ -132,6 +162,10 @@ def run_method(args, problem: str, spec: dict, overrides: list[str]) -> dict:
     snaps = Snapshots(marks, wall_clock=True)
     result = train_run(cfg, residual, on_step=snaps)
     train_seconds = time.perf_counter() - snaps.start
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "out_dir"])  # out_dir needs Hydra
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(kept, resolve=True))
+    torch.save(residual.state_dict(), folder / "model.pt")
     entropy = getattr(residual.target, "entropy", None) if "nll_gap" in spec["goal"] else None
     n_curve = spec.get("n_curve", args.n_curve)
     curve = []
@@ -231,7 +265,8 @@ def main() -> None:
             if method in done.get("methods", {}) and not args.force:
                 print(f"{problem} {method}: done, skipped (--force redoes it)", flush=True)
                 continue
-            run = run_method(args, problem, spec, overrides)
+            folder = out.with_suffix("") / f"{problem}_{method}"
+            run = run_method(args, problem, spec, overrides, folder)
             report = save_run(out, problem, method, run)
             final = run["final"]
             print(

@@ -80,9 +80,10 @@ def test_score_linear_schedule_exact() -> None:
     assert residual.residuals(x, t)["pde"].abs().max() < 1e-8
 
 
-@pytest.mark.parametrize("name", ["logce", "logfp", "ot", "sb"])
+@pytest.mark.parametrize("name", ["logce", "logfp", "ot", "sb", "linear", "learned"])
 def test_log_z_starts_at_the_priors_importance_sampling_estimate(name: str) -> None:
-    """``log_z_init="prior"``: where the target is the prior times Z, every importance weight
+    """``log_z_init="prior"`` (the scalar log z, or the interpolations' rate C_t, whose integral
+    over [0, 1] estimates log Z): where the target is the prior times Z, every importance weight
     is Z, so the estimate is log Z exactly; a wider target's estimate is close (the prior
     covers it); anything but a number or "prior" is refused."""
     from pdesampler.losses.parts import prior_log_z

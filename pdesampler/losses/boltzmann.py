@@ -24,6 +24,7 @@ from pdesampler.losses.parts import (
     LinearBeta,
     LogDensityPath,
     ScoreDrift,
+    resolve_log_z_init,
 )
 from pdesampler.losses.transport import (
     NetSpec,
@@ -52,13 +53,16 @@ def _interpolation(
     net: NetSpec | None,
     time_spec: NetSpec | None,
     prior_std: float,
+    log_z_init: float | str,
     **kw,
 ) -> TransportResidual:
+    r"""The Boltzmann curve between the prior and the target; :math:`C_t` starts at the constant
+    ``log_z_init`` (a number or ``"prior"``: :func:`resolve_log_z_init`), whose integral over
+    ``[0, 1]`` is then the starting estimate of :math:`\log Z`."""
     prior = make_prior(target.dim, prior_std)
     correction = make_space_net(target.dim, 1, net, 1.0) if learn_psi else None
-    density = LogDensityPath(
-        target, prior, BridgeCoefficients(1.0), correction, log_z_rate=make_time_net(time_spec, 1.0)
-    )
+    rate = make_time_net(time_spec, 1.0, init=resolve_log_z_init(log_z_init, target, prior))
+    density = LogDensityPath(target, prior, BridgeCoefficients(1.0), correction, log_z_rate=rate)
     drift = FreeDrift(make_space_net(target.dim, target.dim, net, 1.0))
     return TransportResidual(
         target, density, drift, prior, T=1.0, default_collocation="trajectory", **kw
@@ -70,12 +74,19 @@ def linear(
     net: NetSpec | None = None,
     time_net: NetSpec | None = None,
     prior_std: float = 1.0,
+    log_z_init: float | str = "prior",
     **kw,
 ) -> TransportResidual:
     """Linear interpolation (SPEC 4.1): :math:`f_t = (1 - t) f_Z + t f_D`; learn :math:`v_t` and
     :math:`C_t`. Collocation follows the current ODE trajectories."""
     return _interpolation(
-        target, learn_psi=False, net=net, time_spec=time_net, prior_std=prior_std, **kw
+        target,
+        learn_psi=False,
+        net=net,
+        time_spec=time_net,
+        prior_std=prior_std,
+        log_z_init=log_z_init,
+        **kw,
     )
 
 
@@ -84,12 +95,19 @@ def learned(
     net: NetSpec | None = None,
     time_net: NetSpec | None = None,
     prior_std: float = 1.0,
+    log_z_init: float | str = "prior",
     **kw,
 ) -> TransportResidual:
     """Learned interpolation (SPEC 4.2, Máté & Fleuret): :math:`f_t = (1 - t) f_Z + t f_D +
     t(1 - t)\\psi_t`; learn :math:`\\psi`, :math:`v_t` and :math:`C_t`."""
     return _interpolation(
-        target, learn_psi=True, net=net, time_spec=time_net, prior_std=prior_std, **kw
+        target,
+        learn_psi=True,
+        net=net,
+        time_spec=time_net,
+        prior_std=prior_std,
+        log_z_init=log_z_init,
+        **kw,
     )
 
 

@@ -15,6 +15,7 @@ All parts act on one point ``x`` of shape ``(d,)`` and a scalar ``t``; the Resid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -180,6 +181,17 @@ def prior_log_z(target: Target, prior: Target, n: int = 10_000, seed: int = 0) -
     with torch.no_grad():
         x = prior.sample(n, generator=torch.Generator().manual_seed(seed))
         return log_z_importance(log_weights(target.log_prob(x), prior.log_prob(x)))
+
+
+def resolve_log_z_init(value: float | str, target: Target, prior: Target) -> float:
+    r"""The starting value of a learned :math:`\log Z`: a finite number as given, or
+    ``"prior"``: :func:`prior_log_z` (Adam moves a scalar by about its learning rate per step,
+    too slowly for a :math:`\log Z` of 40 from 0)."""
+    if value == "prior":
+        return prior_log_z(target, prior)
+    if isinstance(value, str) or not math.isfinite(float(value)):
+        raise ValueError(f"log_z_init must be a finite number or 'prior', got {value!r}")
+    return float(value)
 
 
 class ScalarLogZ(nn.Module):

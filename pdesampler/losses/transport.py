@@ -30,11 +30,11 @@ from pdesampler.losses.parts import (
     constant_diffusion,
     hjb,
     log_fokker_planck,
-    prior_log_z,
+    resolve_log_z_init,
     vp_reverse_diffusion,
 )
 from pdesampler.nets import MLP, TimeMLP
-from pdesampler.ops import TraceEstimator, VectorJet
+from pdesampler.ops import Exact, TraceEstimator, VectorJet
 from pdesampler.targets import Gaussian, Target
 
 __all__ = [
@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 NetSpec = Mapping[str, Any]
+
+
+#: The samplers call ``flow_jet`` with the standard basis as probes (exact traces).
+EXACT = Exact()
 
 
 class TransportResidual(Residual):
@@ -134,13 +138,15 @@ class TransportResidual(Residual):
         )
 
     def flow_jet(self, x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
-        """The probability-flow drift and its divergence from the parts' jets:
-        :math:`\\nabla\\cdot(\\mu - \\tfrac12\\sigma^2\\nabla V) = \\nabla\\cdot\\mu
-        - \\tfrac12\\sigma^2\\Delta V`."""
+        """The probability-flow drift and its exact divergence from the parts' jets, ``probes``
+        being the standard basis: :math:`\\nabla\\cdot(\\mu - \\tfrac12\\sigma^2\\nabla V)
+        = \\nabla\\cdot\\mu - \\tfrac12\\sigma^2\\Delta V`. The sum over the basis is exact
+        whatever estimator the residual trains with (a Hutchinson estimator's mean over probes
+        would divide the trace by ``d``)."""
         sigma_sq = self.sigma_sq(t)
         needs_V = sigma_sq is not None or self.drift.needs_density_laplacian
-        V = self.density.jet(x, t, probes, self.estimator, laplacian=True) if needs_V else None
-        mu = self.drift.jet(x, t, probes, self.estimator, V)
+        V = self.density.jet(x, t, probes, EXACT, laplacian=True) if needs_V else None
+        mu = self.drift.jet(x, t, probes, EXACT, V)
         if sigma_sq is None:
             return VectorJet(mu.value, mu.div)
         return VectorJet(mu.value - 0.5 * sigma_sq * V.grad, mu.div - 0.5 * sigma_sq * V.lap)
@@ -161,9 +167,10 @@ def make_space_net(dim: int, out_dim: int, net: NetSpec | None, T: float) -> MLP
     return MLP(dim, out_dim, T=T, **dict(net or {}))
 
 
-def make_time_net(spec: NetSpec | None, T: float) -> TimeMLP:
-    """A :class:`TimeMLP` of ``t`` from a spec (width, depth, time_features, ...)."""
-    return TimeMLP(T=T, **dict(spec or {}))
+def make_time_net(spec: NetSpec | None, T: float, init: float = 0.0) -> TimeMLP:
+    """A :class:`TimeMLP` of ``t`` from a spec (width, depth, time_features, ...), starting at
+    the constant ``init``."""
+    return TimeMLP(T=T, init=init, **dict(spec or {}))
 
 
 def _bridge(
@@ -178,15 +185,12 @@ def _bridge(
 ) -> tuple[LogDensityPath, Target]:
     """[S10]: phi and a scalar :math:`\\log z` when phi is learned; :math:`\\varphi = 0` and a
     network :math:`\\log z(t)` for annealing (SPEC 2.1). The scalar starts at ``log_z_init``:
-    a number, or ``"prior"``: :func:`prior_log_z`, the importance-sampling estimate from the prior
-    (Adam moves a scalar by about its learning rate per step, too slowly for a ``log Z`` of 40)."""
+    a number, or ``"prior"``: the importance-sampling estimate from the prior
+    (:func:`resolve_log_z_init`)."""
     prior = make_prior(target.dim, prior_std)
     correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
-    if log_z_init == "prior":
-        log_z_init = prior_log_z(target, prior)
-    if isinstance(log_z_init, str) or not math.isfinite(float(log_z_init)):
-        raise ValueError(f"log_z_init must be a finite number or 'prior', got {log_z_init!r}")
-    log_z = ScalarLogZ(float(log_z_init)) if learn_phi else make_time_net(time_spec, T)
+    start = resolve_log_z_init(log_z_init, target, prior)
+    log_z = ScalarLogZ(start) if learn_phi else make_time_net(time_spec, T)
     density = LogDensityPath(target, prior, BridgeCoefficients(T), correction, log_z=log_z, T=T)
     return density, prior
 
