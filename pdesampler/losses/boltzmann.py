@@ -168,8 +168,8 @@ def gradflow(
     beta = LinearBeta(beta_min, beta_max, 1.0)
     schedule = None
     if learn_schedule:
-        start = {"init": WEIGHT_RATE_INIT} if positive_weight and not follow_modes else {}
-        schedule = make_time_net({**dict(time_net or {}), **start}, 1.0)
+        start = WEIGHT_RATE_INIT if positive_weight and not follow_modes else 0.0
+        schedule = make_time_net(time_net, 1.0, init=start)
     density = LogDensityPath(
         target,
         prior,
