@@ -20,15 +20,23 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
             p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
+def _random_residual_and_points(name: str, target, n: int, **kw):
+    """Catalogue entry ``name`` on ``target`` in float64 with random weights, and ``n`` random
+    points ``(x, t)``."""
+    torch.manual_seed(0)
+    net = {"width": 12, "depth": 2, "time_features": 2}
+    residual = make_loss(name, target, net=net, **kw).double()
+    _randomize(residual, 1)
+    gen = torch.Generator().manual_seed(2)
+    x = 2 * torch.randn(n, target.dim, generator=gen, dtype=torch.float64)
+    t = torch.rand(n, generator=gen, dtype=torch.float64)
+    return residual, x, t
+
+
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_fast_jets_match_generic_autodiff(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     target = GMM9() if name in ("linear", "learned", "gradflow") else Gaussian(0.5, 0.7, dim=3)
-    torch.manual_seed(0)
-    residual = make_loss(name, target, net={"width": 12, "depth": 2, "time_features": 2}).double()
-    _randomize(residual, 1)
-    gen = torch.Generator().manual_seed(2)
-    x = 2 * torch.randn(32, target.dim, generator=gen, dtype=torch.float64)
-    t = torch.rand(32, generator=gen, dtype=torch.float64)
+    residual, x, t = _random_residual_and_points(name, target, 32)
     probes = torch.eye(target.dim, dtype=torch.float64)
     dyn = residual.dynamics()
 
@@ -50,14 +58,8 @@ def test_flow_jet_is_exact_when_the_residual_trains_with_hutchinson(name: str) -
     a Hutchinson estimator's mean over those probes used to give the divergence divided by d
     (log q off by nats at d = 50)."""
     target = GMM9() if name == "learned" else Gaussian(0.5, 0.7, dim=5)
-    torch.manual_seed(0)
     hutchinson = ops.Hutchinson(1, generator=torch.Generator().manual_seed(3))
-    net = {"width": 12, "depth": 2, "time_features": 2}
-    residual = make_loss(name, target, net=net, estimator=hutchinson).double()
-    _randomize(residual, 1)
-    gen = torch.Generator().manual_seed(2)
-    x = 2 * torch.randn(16, target.dim, generator=gen, dtype=torch.float64)
-    t = torch.rand(16, generator=gen, dtype=torch.float64)
+    residual, x, t = _random_residual_and_points(name, target, 16, estimator=hutchinson)
     dyn = residual.dynamics()
     basis = torch.eye(target.dim, dtype=torch.float64)
     fast = vmap(dyn.flow_jet, in_dims=(0, 0, None))(x, t, basis)
