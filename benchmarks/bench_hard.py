@@ -72,6 +72,13 @@ GOALS = {
         "label": "ManyWell-8 (FAB)", "seconds": 900, "goal": {"ess": 0.9},
         "methods": {
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow", "logce")},
+            # the MW 5/5/4 recipe: compiled Adam, then SPRING until the budget ends (width 64)
+            "logce_spring": ["loss=logce", "optim=adam_gn", "optim.gn.steps=100000"],
+            # log z started at the prior's estimate (log Z = 41.2; from 0 Adam ends 37-40 short)
+            "logce_logz": ["loss=logce", "+loss.log_z_init=prior"],
+            "logce_logz_spring": [
+                "loss=logce", "+loss.log_z_init=prior", "optim=adam_gn", "optim.gn.steps=100000"
+            ],
             # half the batch from cached trajectories (2000 paths every 50 steps), half from the
             # box that moves from the prior's to the target's: the PDE is also checked off the
             # flow's own paths (learned alone leaves a pair of wells unsplit: README)
@@ -79,6 +86,10 @@ GOALS = {
                 "loss=learned", "collocation.kind=trajectory_cache",
                 "collocation.options={n_trajectories:2000,n_times:51,every:50,fraction:0.5}",
             ],
+            # trained on rho^beta, beta rising from 0.3 (0.1) to 1 over the first half of the
+            # budget: shallow wells first, so that every pair splits before the barriers rise
+            "learned_temper": ["loss=learned", "optim.temper_from=0.3"],
+            "learned_temper01": ["loss=learned", "optim.temper_from=0.1"],
             # C_t started at 0 instead of the prior's estimate of log Z (41.2): the old default
             "learned_logz0": ["loss=learned", "+loss.log_z_init=0"],
             # the same with 2000 prior paths every 50 steps instead of 20 fresh paths per step

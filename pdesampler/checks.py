@@ -16,12 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "FRACTION",
+    "LOSS_FORM",
+    "LOSS_FORMS",
     "NON_NEGATIVE_INT",
     "POSITIVE",
     "POSITIVE_INT",
     "POSITIVE_INT_OR_NONE",
     "POSITIVE_OR_NONE",
     "RUN_RULES",
+    "UNIT_POWER_OR_NONE",
     "check",
     "check_config",
 ]
@@ -46,6 +49,13 @@ POSITIVE_INT_OR_NONE: Rule = (
     lambda v: v is None or POSITIVE_INT[1](v),
 )
 FRACTION: Rule = ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
+UNIT_POWER_OR_NONE: Rule = (
+    "a number in (0, 1] or null",
+    lambda v: v is None or (_number(v) and 0 < v <= 1),
+)
+#: The forms of the first-order loss (:meth:`pdesampler.losses.base.Residual.loss`).
+LOSS_FORMS = ("squares", "abs_and_squares")
+LOSS_FORM: Rule = (" or ".join(map(repr, LOSS_FORMS)), lambda v: v in LOSS_FORMS)
 
 #: The numeric keys of a run config (``configs/config.yaml`` and its groups). Keys a config
 #: does not have are not checked (a custom config may leave some out).
@@ -61,6 +71,9 @@ RUN_RULES: dict[str, Rule] = {
     "optim.max_seconds": POSITIVE_OR_NONE,
     "optim.checkpoint_every": NON_NEGATIVE_INT,
     "optim.nan_patience": POSITIVE_INT,
+    "optim.loss_form": LOSS_FORM,
+    "optim.temper_from": UNIT_POWER_OR_NONE,
+    "optim.temper_until": FRACTION,
     "optim.gn.steps": NON_NEGATIVE_INT,
     "optim.gn.batch_size": POSITIVE_INT,
     "optim.gn.time_fraction": FRACTION,

@@ -9,8 +9,9 @@ residual is ``pointwise``). Checkpoints let an interrupted run resume.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,18 @@ from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.collocation import CollocationSampler, make_collocation
 from pdesampler.compiling import CompiledOrEager, should_compile
 from pdesampler.losses.base import Residual
+from pdesampler.losses.parts import LogDensityPath
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import non_finite_log_prob, validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
-from pdesampler.optim.adam import AdamConfig, AdamResult, NonFiniteLossError, run_adam
+from pdesampler.optim.adam import (
+    AdamConfig,
+    AdamResult,
+    NonFiniteLossError,
+    run_adam,
+    temper_power,
+)
 from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
@@ -171,7 +179,7 @@ def train(
         )
 
     last_batch: list[Tensor] = []
-    residual_loss = residual.loss
+    residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
     if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds):
         residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
 
@@ -195,6 +203,7 @@ def train(
             progress=progress,
             on_checkpoint=extra,
             on_step=on_step,
+            on_progress=_tempering(residual, adam_cfg),
         )
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}{_blame(residual.target, last_batch[0])}") from err
@@ -223,6 +232,24 @@ def train(
     return result
 
 
+def _tempering(residual: Residual, adam_cfg: AdamConfig) -> Callable[[float], None] | None:
+    """The hook that sets the tempered target's power from the Adam phase's progress
+    (:func:`temper_power`), or ``None`` when ``temper_from`` is off."""
+    if adam_cfg.temper_from is None:
+        return None
+    density = getattr(residual, "density", None)
+    if not isinstance(density, LogDensityPath):
+        raise ValueError(
+            f"optim.temper_from needs a residual whose log-density path reads the target "
+            f"(a LogDensityPath at .density); {type(residual).__name__} has none"
+        )
+
+    def set_power(progress: float) -> None:
+        density.target_power.fill_(temper_power(adam_cfg, progress))
+
+    return set_power
+
+
 def _train_trajectory(
     loss: TrajectoryLoss,
     adam_cfg: AdamConfig,
@@ -235,6 +262,11 @@ def _train_trajectory(
 ) -> TrainResult:
     """Adam on :meth:`TrajectoryLoss.path_loss` with ``batch_size`` fresh paths per step (the
     seed drives the Brownian increments); checkpoints and resume as for a residual."""
+    if adam_cfg.loss_form != "squares" or adam_cfg.temper_from is not None:
+        raise ValueError(
+            f"optim.loss_form and optim.temper_from apply to PDE residuals; the trajectory "
+            f"baseline {type(loss).__name__} trains on its own path loss"
+        )
     if gn_cfg is not None and gn_cfg.steps > 0:
         raise ValueError(
             f"Gauss-Newton does not apply to the trajectory baseline {type(loss).__name__} "

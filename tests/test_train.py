@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 
-from pdesampler.losses import logce
+from pdesampler.losses import logce, pis_kl
 from pdesampler.optim.adam import AdamConfig, NonFiniteLossError, run_adam
 from pdesampler.targets import Gaussian
 from pdesampler.train import train
@@ -98,6 +101,71 @@ def test_nan_guard_skips_then_stops() -> None:
 
     with pytest.raises(NonFiniteLossError, match="consecutive non-finite"):
         run_adam(model, always_nan, AdamConfig(steps=10, nan_patience=4), progress=False)
+
+
+def test_abs_and_squares_form_adds_the_mean_absolute_residual_and_trains() -> None:
+    """Máté & Fleuret's loss: sum_k alpha_k mean(|r_k| + r_k^2), from the same residual terms;
+    an Adam run on it lowers the mean square too; an unknown form is named."""
+    residual = small_residual().double()
+    gen = torch.Generator().manual_seed(5)
+    x, t = torch.randn(64, 2, generator=gen, dtype=torch.float64), torch.rand(64, generator=gen)
+    t = t.double()
+    terms = residual.residuals(x, t)
+    squares, parts = residual.loss(x, t)
+    both, parts_both = residual.loss(x, t, form="abs_and_squares")
+    expected = sum(w * (terms[k].abs().mean() + terms[k].square().mean())
+                   for k, w in residual.weights.items())  # fmt: skip
+    assert torch.allclose(both, expected, rtol=1e-12)
+    assert torch.allclose(squares, sum(w * parts[k] for k, w in residual.weights.items()))
+    assert both > squares and parts_both.keys() == parts.keys()
+    with pytest.raises(ValueError, match="loss form must be 'squares' or 'abs_and_squares'"):
+        residual.loss(x, t, form="l1")
+    trained = small_residual()
+    before = fixed_batch_loss(trained)
+    adam = {"steps": 100, "loss_form": "abs_and_squares"}
+    train(trained, adam=adam, batch_size=128, seed=3, progress=False)
+    assert fixed_batch_loss(trained) < 0.5 * before
+    with pytest.raises(ValueError, match="loss_form must be 'squares' or 'abs_and_squares'"):
+        AdamConfig(loss_form="abs")
+
+
+def test_tempered_target_is_the_power_of_rho_in_every_residual_term() -> None:
+    """With ``target_power`` beta, logCE on N(m, s^2) has the residual of logCE on the target
+    rho^beta = Z_B N(m, s^2 / beta) (log Z_B chosen so that the two log-densities agree), for
+    the same weights: value, time derivative, gradient and Laplacian of log rho all scale."""
+    beta, mean, std, dim = 0.3, 0.5, 0.8, 2
+    log_z_b = (
+        0.5 * dim * (math.log(2 * math.pi * std**2 / beta) - beta * math.log(2 * math.pi * std**2))
+    )
+    torch.manual_seed(0)
+    tempered = logce(Gaussian(mean=mean, std=std, dim=dim), net=NET).double()
+    exact = logce(Gaussian(mean=mean, std=std / math.sqrt(beta), dim=dim, log_Z=log_z_b), net=NET)
+    exact = exact.double()
+    exact.load_state_dict(tempered.state_dict())
+    tempered.density.target_power.fill_(beta)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, dim, generator=gen, dtype=torch.float64)
+    t = torch.rand(16, generator=gen, dtype=torch.float64)
+    for name, value in tempered.residuals(x, t).items():
+        assert torch.allclose(value, exact.residuals(x, t)[name], atol=1e-10), name
+
+
+def test_tempering_ramps_the_power_to_one_and_is_refused_where_it_cannot_apply() -> None:
+    residual, powers = small_residual(), []
+    adam = {"steps": 30, "temper_from": 0.3, "temper_until": 0.5}
+
+    def record(steps, elapsed, params) -> None:
+        powers.append(float(residual.density.target_power))
+
+    train(residual, adam=adam, batch_size=32, seed=0, progress=False, on_step=record)
+    assert powers[0] == pytest.approx(0.3) and powers[5] == pytest.approx(0.3 + 0.7 * 5 / 15)
+    assert all(a <= b for a, b in itertools.pairwise(powers))
+    assert powers[15:] == [1.0] * 15 and float(residual.density.target_power) == 1.0
+    assert "target_power" not in residual.state_dict()  # saved weights load without it
+    with pytest.raises(ValueError, match="temper_from must be a number in \\(0, 1\\] or null"):
+        AdamConfig(temper_from=0.0)
+    with pytest.raises(ValueError, match="apply to PDE residuals"):
+        train(pis_kl(Gaussian(dim=2)), adam=adam, progress=False)
 
 
 def test_unknown_config_keys_are_named() -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from pdesampler.checks import LOSS_FORM, check
 from pdesampler.ops import Exact, TraceEstimator, VectorJet, batch_probes
 from pdesampler.targets import Target
 
@@ -169,12 +170,19 @@ class Residual(nn.Module):
         n = x.shape[0]
         return torch.cat([math.sqrt(self.weights[k] / n) * terms[k] for k in self.weights])
 
-    def loss(self, x: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(r_k^2)` and the unweighted mean
-        square of each term (detached), for logging."""
+    def loss(self, x: Tensor, t: Tensor, form: str = "squares") -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(r_k^2)` (``form="squares"``, the
+        squared norm of :meth:`forward`), or Máté & Fleuret's
+        :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(|r_k| + r_k^2)` (``"abs_and_squares"``, for
+        first-order training only), and the unweighted mean square of each term (detached), for
+        logging."""
+        check("loss form", form, LOSS_FORM)
         terms = self.residuals(x, t)
         parts = {k: terms[k].square().mean() for k in self.weights}
-        total = sum(self.weights[k] * parts[k] for k in self.weights)
+        if form == "abs_and_squares":
+            total = sum(self.weights[k] * (terms[k].abs().mean() + parts[k]) for k in self.weights)
+        else:
+            total = sum(self.weights[k] * parts[k] for k in self.weights)
         return total, {k: v.detach() for k, v in parts.items()}
 
     def log_z_estimate(self) -> float | None:

@@ -224,6 +224,9 @@ class LogDensityPath(nn.Module):
         T: the time horizon (where :math:`\\log z(T)` estimates :math:`\\log Z`).
         rho_scale: ``t -> k(t)``: :math:`\\log\\rho` is read at :math:`x / k(t)` (the gradient
             flow's modes moving with the OU path, :math:`k = a_t`), or ``None``: at ``x``.
+
+    The buffer ``target_power`` :math:`\\beta` (1, not saved) multiplies :math:`\\log\\rho`:
+    training on a tempered target :math:`\\rho^{\\beta}` sets it (``optim.temper_from``).
     """
 
     def __init__(
@@ -245,6 +248,7 @@ class LogDensityPath(nn.Module):
         self.log_z = log_z
         self.log_z_rate = log_z_rate
         self.T = float(T)
+        self.register_buffer("target_power", torch.tensor(1.0), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """:math:`V(x, t)` at one point, without the :math:`\\int C` term."""
@@ -292,10 +296,11 @@ class LogDensityPath(nn.Module):
         return ScalarJet(value, dt, grad, lap)
 
     def log_rho(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\log\\rho` at one point, read at :math:`x / k(t)` with ``rho_scale``."""
+        """:math:`\\beta \\log\\rho` at one point (``target_power`` :math:`\\beta`), read at
+        :math:`x / k(t)` with ``rho_scale``."""
         if self.rho_scale is not None:
             x = x / self.rho_scale(t)
-        return _point_log_prob(self.target, x)
+        return self.target_power * _point_log_prob(self.target, x)
 
     def _log_prior(self, x: Tensor, t: Tensor) -> Tensor:
         return _point_log_prob(self.prior, x)

@@ -14,15 +14,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pdesampler.checks import (
+    FRACTION,
+    LOSS_FORM,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
     POSITIVE_OR_NONE,
+    UNIT_POWER_OR_NONE,
     check_config,
 )
 from pdesampler.optim.gauss_newton import StepHook
 
-__all__ = ["AdamConfig", "AdamResult", "NonFiniteLossError", "run_adam"]
+__all__ = ["AdamConfig", "AdamResult", "NonFiniteLossError", "run_adam", "temper_power"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,6 +40,12 @@ class AdamConfig:
     :math:`\\eta_k = \\eta_0 (\\eta_{final}/\\eta_0)^{p_k}`, where the progress :math:`p_k` is
     ``step / steps``, or the larger of that and ``elapsed / max_seconds`` under a wall-clock
     budget (so a time-limited run still anneals; it is then no longer bit-reproducible).
+    ``loss_form`` is the objective :func:`pdesampler.train` hands this phase: ``"squares"`` or
+    Máté & Fleuret's ``"abs_and_squares"`` (:meth:`pdesampler.losses.base.Residual.loss`); a
+    Gauss-Newton phase after it always fits the squares. ``temper_from`` (``None``: off) tempers
+    the target early: :func:`pdesampler.train` trains on :math:`\\rho^{\\beta}` with
+    :math:`\\beta` rising linearly from ``temper_from`` to 1 over the first ``temper_until`` of
+    the progress :math:`p_k` (:func:`temper_power`), so that wells start shallow.
     """
 
     steps: int = 2000
@@ -47,6 +56,9 @@ class AdamConfig:
     checkpoint_every: int = 500
     nan_patience: int = 20
     log_every: int = 10
+    loss_form: str = "squares"
+    temper_from: float | None = None
+    temper_until: float = 0.5
 
     def __post_init__(self) -> None:
         check_config(vars(self), ADAM_RULES)
@@ -71,6 +83,9 @@ ADAM_RULES = {
     "checkpoint_every": NON_NEGATIVE_INT,
     "nan_patience": POSITIVE_INT,
     "log_every": POSITIVE_INT,
+    "loss_form": LOSS_FORM,
+    "temper_from": UNIT_POWER_OR_NONE,
+    "temper_until": FRACTION,
 }
 
 LossFn = Callable[[int], tuple[Tensor, dict[str, Tensor]]]
@@ -81,6 +96,16 @@ def _progress(cfg: AdamConfig, step: int, elapsed: float) -> float:
     if cfg.max_seconds:
         p = max(p, elapsed / cfg.max_seconds)
     return min(p, 1.0)
+
+
+def temper_power(cfg: AdamConfig, progress: float) -> float:
+    """The power :math:`\\beta` of the tempered target at progress ``p`` of the Adam phase:
+    :math:`\\beta = \\beta_0 + (1 - \\beta_0) \\min(1, p / p_1)` with ``temper_from`` =
+    :math:`\\beta_0` and ``temper_until`` = :math:`p_1`; 1 when tempering is off."""
+    if cfg.temper_from is None:
+        return 1.0
+    ramp = min(1.0, progress / cfg.temper_until) if cfg.temper_until > 0 else 1.0
+    return cfg.temper_from + (1.0 - cfg.temper_from) * ramp
 
 
 def _finite_grads(params: list[nn.Parameter]) -> bool:
@@ -97,6 +122,7 @@ def run_adam(
     progress: bool = True,
     on_checkpoint: Callable[[], dict] | None = None,
     on_step: StepHook | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> AdamResult:
     """Minimize ``loss_fn(step)`` over ``model``'s parameters.
 
@@ -111,6 +137,8 @@ def run_adam(
         on_checkpoint: returns extra state (e.g. random generators) to store in checkpoints.
         on_step: called after every applied step with ``(steps, elapsed seconds, parameters)``
             (for example to snapshot the model along the way; keep it cheap, its time counts).
+        on_progress: called before every step with the progress in ``[0, 1]`` that sets the
+            learning rate (for schedules of one's own, such as the tempered target's power).
 
     A non-finite loss or gradient skips the step; ``cfg.nan_patience`` consecutive skips raise
     :class:`NonFiniteLossError`.
@@ -143,7 +171,10 @@ def run_adam(
         elapsed = time.perf_counter() - start
         if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
             break
-        lr = cfg.lr * math.exp(log_ratio * _progress(cfg, result.steps, elapsed))
+        progress_now = _progress(cfg, result.steps, elapsed)
+        lr = cfg.lr * math.exp(log_ratio * progress_now)
+        if on_progress is not None:
+            on_progress(progress_now)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
