@@ -90,6 +90,8 @@ GOALS = {
             # budget: shallow wells first, so that every pair splits before the barriers rise
             "learned_temper": ["loss=learned", "optim.temper_from=0.3"],
             "learned_temper01": ["loss=learned", "optim.temper_from=0.1"],
+            # beta at 1 from a quarter of the budget on: longer to settle the wells' masses
+            "learned_temper_q": ["loss=learned", "optim.temper_from=0.3", "optim.temper_until=0.25"],
             # C_t started at 0 instead of the prior's estimate of log Z (41.2): the old default
             "learned_logz0": ["loss=learned", "+loss.log_z_init=0"],
             # the same with 2000 prior paths every 50 steps instead of 20 fresh paths per step

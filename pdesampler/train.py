@@ -179,7 +179,9 @@ def train(
         )
 
     last_batch: list[Tensor] = []
-    residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
+    residual_loss = residual.loss  # a residual of one's own may override loss(x, t) without form
+    if adam_cfg.loss_form != "squares":
+        residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
     if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds):
         residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
 
@@ -193,6 +195,7 @@ def train(
         return {"generator": sampler.generator.get_state(), "phase": phase, **more}
 
     residual.train()
+    set_power = _tempering(residual, adam_cfg)
     try:
         adam_result = run_adam(
             residual,
@@ -203,10 +206,13 @@ def train(
             progress=progress,
             on_checkpoint=extra,
             on_step=on_step,
-            on_progress=_tempering(residual, adam_cfg),
+            on_progress=set_power,
         )
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}{_blame(residual.target, last_batch[0])}") from err
+    finally:
+        if set_power is not None:  # the untempered target after Adam, however it ended
+            set_power(1.0)
     result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps > 0:
         start = time.perf_counter()

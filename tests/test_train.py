@@ -162,6 +162,10 @@ def test_tempering_ramps_the_power_to_one_and_is_refused_where_it_cannot_apply()
     assert all(a <= b for a, b in itertools.pairwise(powers))
     assert powers[15:] == [1.0] * 15 and float(residual.density.target_power) == 1.0
     assert "target_power" not in residual.state_dict()  # saved weights load without it
+    powers.clear()  # a ramp over the whole phase ends below 1; the model is left untempered
+    adam_whole = {**adam, "temper_until": 1.0}
+    train(residual, adam=adam_whole, batch_size=32, seed=0, progress=False, on_step=record)
+    assert powers[-1] < 1.0 and float(residual.density.target_power) == 1.0
     with pytest.raises(ValueError, match="temper_from must be a number in \\(0, 1\\] or null"):
         AdamConfig(temper_from=0.0)
     with pytest.raises(ValueError, match="apply to PDE residuals"):
