@@ -1,7 +1,7 @@
 """Quality per CPU-minute on the hard targets: ESS (and the goal's other metrics) against wall
 time, one run per method with the problem's tuned preset (configs/problem/).
 
-    python benchmarks/bench_hard.py                                # every arm (about 8 h)
+    python benchmarks/bench_hard.py                                # every arm (about 10 h)
     python benchmarks/bench_hard.py --problems fab_mw8 --methods learned --scale 0.5
     python benchmarks/bench_hard.py --threads 1 --problems mw5 &   # two goals side by side
     python benchmarks/bench_hard.py --threads 1 --problems gmm40 &

@@ -108,8 +108,8 @@ def test_abs_and_squares_form_adds_the_mean_absolute_residual_and_trains() -> No
     an Adam run on it lowers the mean square too; an unknown form is named."""
     residual = small_residual().double()
     gen = torch.Generator().manual_seed(5)
-    x, t = torch.randn(64, 2, generator=gen, dtype=torch.float64), torch.rand(64, generator=gen)
-    t = t.double()
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    t = torch.rand(64, generator=gen, dtype=torch.float64)
     terms = residual.residuals(x, t)
     squares, parts = residual.loss(x, t)
     both, parts_both = residual.loss(x, t, form="abs_and_squares")
