@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from pdesampler.collocation import make_collocation
 from pdesampler.compiling import CompiledOrEager
 from pdesampler.problems import problem_overrides
-from pdesampler.runner import build, collocation_settings, resolve_dtype, write_json
+from pdesampler.runner import build, resolve_dtype, run_collocation, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
@@ -60,8 +59,7 @@ def run_case(case: str, steps: int) -> dict:
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", problem_overrides([f"problem={problem}", f"loss={loss}", *extra]))
     residual = build(cfg, torch.device("cpu"), resolve_dtype(str(cfg.dtype)))
-    colloc = OmegaConf.to_container(cfg.collocation, resolve=True)
-    kind, options = collocation_settings(colloc, residual)
+    kind, options = run_collocation(cfg, residual)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     x, t = make_collocation(kind, residual, generator, **options)(int(cfg.batch_size))
     initial = copy.deepcopy(residual.state_dict())

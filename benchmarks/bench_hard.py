@@ -92,6 +92,16 @@ GOALS = {
             "learned_temper01": ["loss=learned", "optim.temper_from=0.1"],
             # beta at 1 from a quarter of the budget on: longer to settle the wells' masses
             "learned_temper_q": ["loss=learned", "optim.temper_from=0.3", "optim.temper_until=0.25"],
+            # one Rademacher probe for div v instead of d = 8 passes: more steps in the budget
+            "learned_hutchinson": ["loss=learned", "trace.kind=hutchinson"],
+            "learned_hutchinson_temper_q": [
+                "loss=learned", "trace.kind=hutchinson", "optim.temper_from=0.3",
+                "optim.temper_until=0.25",
+            ],
+            # paths started from the prior widened 1.5x (2x): the PDE also checked along paths
+            # from the prior's tails, which feed the modes the bulk's paths miss
+            "learned_spread15": ["loss=learned", "collocation.options={spread:1.5}"],
+            "learned_spread2": ["loss=learned", "collocation.options={spread:2.0}"],
             # C_t started at 0 instead of the prior's estimate of log Z (41.2): the old default
             "learned_logz0": ["loss=learned", "+loss.log_z_init=0"],
             # the same with 2000 prior paths every 50 steps instead of 20 fresh paths per step
@@ -104,11 +114,12 @@ GOALS = {
     "gmm40": {
         "label": "GMM-40", "seconds": 900, "goal": {"ess": 0.5, "nll_gap": 0.2},
         "methods": {
+            # the preset's width 256 / depth 4: item 3's best at 10 000 steps (NLL gap 0.12)
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow")},
             "learned_wide": ["loss=learned", "prior_std=20"],  # a prior as wide as the modes
-            "gradflow_w256": ["loss=gradflow", "net.width=256"],  # capacity for merging modes
-            # item 3's best at 10 000 steps (NLL gap 0.12, ESS 0.81)
-            "gradflow_w256d4": ["loss=gradflow", "net.width=256", "net.depth=4"],
+            # the smaller networks the preset had before (results renamed with these suffixes)
+            "gradflow_w128d3": ["loss=gradflow", "net.width=128", "net.depth=3"],
+            "gradflow_w256d3": ["loss=gradflow", "net.depth=3"],
             "gradflow_b2048": ["loss=gradflow", "batch_size=2048"],
             # the MW 5/5/4 recipe: compiled Adam, then SPRING until the budget ends (width 64)
             "gradflow_spring": ["loss=gradflow", "optim=adam_gn", "optim.gn.steps=100000"],

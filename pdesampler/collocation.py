@@ -16,6 +16,7 @@ current model get it through :meth:`CollocationSampler.bind` and refresh themsel
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.func import vmap
 from torchdiffeq import odeint
 
+from pdesampler.checks import POSITIVE, check
 from pdesampler.losses.base import Dynamics, Residual
 from pdesampler.losses.parts import LinearBeta
 
@@ -254,7 +256,11 @@ class OUSampler(CollocationSampler):
 class TrajectorySampler(CollocationSampler):
     """Máté & Fleuret (SPEC 4): ``n / n_times`` prior samples moved along the current velocity
     with one RK4 step of :math:`dt = 1/(n_{times} - 1)` between consecutive time points; the
-    points at all ``n_times`` times form the batch (detached). Their code: 256 samples, 51 times."""
+    points at all ``n_times`` times form the batch (detached). Their code: 256 samples, 51 times.
+
+    ``spread`` > 1 starts the paths at :math:`m + \\text{spread}\\,(x_0 - m)`, :math:`x_0` from
+    the prior of mean :math:`m`: the PDE is then also checked along paths from the prior's
+    tails, which a flow that misses a mode sends there (the bulk's paths never reach it)."""
 
     def __init__(
         self,
@@ -262,11 +268,13 @@ class TrajectorySampler(CollocationSampler):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         n_times: int = 51,
+        spread: float = 1.0,
     ) -> None:
         super().__init__(generator, dtype, device)
         if n_times < 2:
             raise ValueError(f"n_times must be >= 2, got {n_times}")
-        self.n_times = int(n_times)
+        check("spread", spread, POSITIVE)
+        self.n_times, self.spread = int(n_times), float(spread)
 
     @torch.no_grad()
     def __call__(self, n: int) -> tuple[Tensor, Tensor]:
@@ -275,6 +283,9 @@ class TrajectorySampler(CollocationSampler):
         dyn = self.residual.dynamics()
         n_paths = max(1, n // self.n_times)
         x0 = dyn.prior.sample(n_paths, self.generator).to(self.device, self.dtype)
+        if self.spread != 1.0:
+            mean = dyn.prior.mean.to(x0)
+            x0 = mean + self.spread * (x0 - mean)
         times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)
         states = odeint(_batched_drift(dyn), x0, times, method="rk4")
         t = times[:, None].expand(states.shape[:2])
@@ -303,6 +314,8 @@ def make_collocation(
     kinds = ("box", "trajectory_cache", "ou", "trajectory")
     if kind not in kinds:
         raise ValueError(f"unknown collocation {kind!r}; available: default, {', '.join(kinds)}")
+    classes = {"box": BoxSampler, "trajectory_cache": TrajectoryCache, "ou": OUSampler}
+    _check_options(kind, classes.get(kind, TrajectorySampler), options)
     target_box = collocation_target_box(residual.target)
     if kind == "ou":
         sampler: CollocationSampler = OUSampler(target_box, generator, dtype, device, **options)
@@ -315,3 +328,15 @@ def make_collocation(
         sampler = box if kind == "box" else TrajectoryCache(box, **options)
     sampler.bind(residual)
     return sampler
+
+
+def _check_options(kind: str, sampler: type, options: dict) -> None:
+    """Refuse, in one line, an option that ``sampler`` does not take (the box takes none)."""
+    fixed = {"self", "generator", "dtype", "device", "base", "target_box"}
+    accepted = [] if kind == "box" else sorted(set(inspect.signature(sampler).parameters) - fixed)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"collocation {kind!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )

@@ -139,18 +139,34 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def collocation_settings(
-    collocation: dict[str, Any], residual: Residual | TrajectoryLoss
+    collocation: dict[str, Any],
+    residual: Residual | TrajectoryLoss,
+    preset: dict[str, Any] | None = None,
 ) -> tuple[str, dict]:
     """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
     collocation, ``collocation=default``), a loss with a sampler of its own (linear / learned:
-    trajectory, gradflow: ou) keeps it with its defaults; the problem's kind and options replace
-    only the [S63] box."""
+    trajectory, gradflow: ou) keeps it; the problem's kind and options replace only the [S63]
+    box. ``preset`` is the problem's collocation: a kind that differs from it (say
+    ``collocation.kind=trajectory_cache``) is the user's and is used as given, and options that
+    differ from it (``collocation.options={spread:1.5}``) go to the loss's own sampler."""
     box_width = {"prior_box_width": collocation["prior_box_width"]}
     # A trajectory baseline has no collocation (it simulates its own paths; train ignores it).
     own = getattr(residual, "default_collocation", "box")
-    if collocation.get("keep_loss_sampler") and own != "box":
-        return "default", box_width
-    return str(collocation["kind"]), {**box_width, **collocation["options"]}
+    kind, options = str(collocation["kind"]), dict(collocation["options"] or {})
+    if not collocation.get("keep_loss_sampler") or own == "box":
+        return kind, {**box_width, **options}
+    if preset is not None and kind not in (preset["kind"], "default"):
+        return kind, {**box_width, **options}
+    chosen = preset is not None and options != dict(preset["options"] or {})
+    return "default", {**box_width, **(options if chosen else {})}
+
+
+def run_collocation(cfg: DictConfig, residual: Residual | TrajectoryLoss) -> tuple[str, dict]:
+    """:func:`collocation_settings` of a composed run config, against its problem's preset."""
+    collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
+    preset = cfg.get("problem", {}).get("collocation")
+    preset = None if preset is None else OmegaConf.to_container(preset, resolve=True)
+    return collocation_settings(collocation, residual, preset)
 
 
 def train_run(
@@ -167,8 +183,7 @@ def train_run(
     gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
     gn_batch_size = gn.pop("batch_size", None) if gn else None
     compile_loss = optim.pop("compile", "auto")
-    collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
-    kind, options = collocation_settings(collocation, residual)
+    kind, options = run_collocation(cfg, residual)
     return train(
         residual,
         adam=optim,

@@ -21,3 +21,46 @@ def test_points_are_the_ou_interpolation_of_the_box() -> None:
     a = LinearBeta().signal_scale(t)
     n = x / (a[:, None] ** 2 * 64 / 12 + 1 - a[:, None] ** 2).sqrt()
     assert n.mean().abs() < 0.01 and (n.var() - 1).abs() < 0.01
+
+
+def test_trajectory_spread_widens_the_starts_and_keeps_the_paths() -> None:
+    """With the velocity zeroed the paths stand still, so every time point holds the starts:
+    N(0, spread^2 I) for ``spread``, the prior N(0, I) without it."""
+    from pdesampler.collocation import TrajectorySampler
+    from pdesampler.losses import linear
+    from pdesampler.targets import Gaussian
+
+    residual = linear(Gaussian(mean=1.0, std=0.5, dim=2)).double()
+    for p in residual.parameters():
+        p.data.zero_()  # v = 0: x_t = x_0 along each path
+    for spread in (1.0, 2.5):
+        sample = TrajectorySampler(torch.Generator().manual_seed(0), torch.float64, spread=spread)
+        sample.bind(residual)
+        x, t = sample(51 * 4000)
+        assert x.shape == (51 * 4000, 2) and t.unique().numel() == 51
+        # 4000 distinct starts: 5 standard errors of the std and of the mean
+        assert (x.std(0) / spread - 1).abs().max() < 0.05
+        assert x.mean(0).abs().max() < 5 * spread / 4000**0.5
+    try:
+        TrajectorySampler(torch.Generator(), spread=0.0)
+    except ValueError as err:
+        assert "spread" in str(err)
+    else:
+        raise AssertionError("spread = 0 was accepted")
+
+
+def test_an_option_the_sampler_does_not_take_is_named() -> None:
+    from pdesampler.collocation import make_collocation
+    from pdesampler.losses import learned, logce
+    from pdesampler.targets import Gaussian
+
+    target = Gaussian(mean=1.0, std=0.5, dim=2)
+    cases = [(logce(target), "box", "spread"), (learned(target), "default", "n_trajectories")]
+    for residual, kind, option in cases:
+        try:
+            make_collocation(kind, residual, torch.Generator(), **{option: 2})
+        except ValueError as err:
+            assert f"takes no option '{option}'" in str(err) and "\n" not in str(err)
+        else:
+            raise AssertionError(f"{kind} accepted {option}")
+    assert make_collocation("default", learned(target), torch.Generator(), spread=2.0).spread == 2

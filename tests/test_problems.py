@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from pdesampler.collocation import collocation_target_box, make_collocation, prior_box
 from pdesampler.losses import logce
 from pdesampler.problems import problem_names, problem_overrides, problem_settings
-from pdesampler.runner import collocation_settings
+from pdesampler.runner import collocation_settings, run_collocation
 from pdesampler.targets import GMM9, Gaussian, ManyWell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
     assert gmm9["collocation_options"] == {"prior_box_width": 5.0, **TC_OPTIONS}
     assert problem_settings("mw50")["collocation_options"] == {"prior_box_width": 3.0}
     assert problem_settings("fab_mw8")["collocation"] == "default"
-    assert problem_settings("gmm40")["net"] == {"width": 128, "depth": 3, "input_scale": 10.0}
+    assert problem_settings("gmm40")["net"] == {"width": 256, "depth": 4, "input_scale": 10.0}
 
 
 def test_a_target_without_a_preset_gets_the_default_rule() -> None:
@@ -130,6 +130,30 @@ def test_methods_with_their_own_sampler_keep_it_under_a_preset() -> None:
     assert collocation_settings(cfg, gradflow) == ("default", {"prior_box_width": 5.0})
     explicit = OmegaConf.to_container(composed("target=gmm9", "collocation=box").collocation)
     assert collocation_settings(explicit, gradflow) == ("box", {"prior_box_width": 5.0})
+
+
+@pytest.mark.parametrize("problem", ["fab_mw8", "gmm9"])
+def test_a_collocation_named_on_the_command_line_is_used_not_dropped(problem: str) -> None:
+    """Under the problem's collocation a loss with its own sampler keeps it, but a kind or
+    options given on the command line are the user's: the kind is used as given, the options go
+    to the loss's own sampler (they were silently dropped before)."""
+    learned = SimpleNamespace(default_collocation="trajectory")
+
+    def settings(*overrides: str) -> tuple[str, dict]:
+        return run_collocation(composed(f"problem={problem}", "loss=learned", *overrides), learned)
+
+    box_width = {"prior_box_width": "auto" if problem == "fab_mw8" else 5.0}
+    assert settings() == ("default", box_width)
+    if problem == "fab_mw8":  # a kind other than the preset's
+        cache = "{n_trajectories:2000,n_times:51,every:50,fraction:0.5}"
+        assert settings("collocation.kind=trajectory_cache", f"collocation.options={cache}") == (
+            "trajectory_cache",
+            {**box_width, "n_trajectories": 2000, "n_times": 51, "every": 50, "fraction": 0.5},
+        )
+    else:  # GMM-9's preset is the trajectory cache
+        assert settings("collocation.kind=box", "collocation.options={}") == ("box", box_width)
+    assert settings("collocation.options={spread:1.5}") == ("default", {**box_width, "spread": 1.5})
+    assert settings("collocation.kind=default") == ("default", box_width)
 
 
 def test_suites_refer_to_presets_and_keep_the_tuned_collocation() -> None:
