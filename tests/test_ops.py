@@ -152,3 +152,24 @@ def test_hutchinson_rejects_bad_arguments() -> None:
         ops.Hutchinson(1, kind="uniform")
     with pytest.raises(ValueError, match="n_probes"):
         ops.Hutchinson(0)
+
+
+def test_one_rademacher_probe_adds_the_coupling_penalty_to_a_squared_residual() -> None:
+    """README "The residual interface": over the 2^d Rademacher probes (an exact expectation),
+    E[(v^T A v - tr A)^2] = 1/2 sum_{i != j} (A_ij + A_ji)^2 for the divergence of F(x) = A x;
+    zero for a diagonal A (no penalty where the flow needs no coupling)."""
+    import itertools
+
+    d = 3
+    A = torch.randn(d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for field in (A, torch.diag(torch.diag(A))):
+        jet = ops.vector_jet(lambda x, t, M=field: M @ x, ops.Hutchinson(n_probes=1))
+        x, t = torch.randn(d, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+        signs = itertools.product((-1.0, 1.0), repeat=d)
+        errors = [
+            jet(x, t, torch.tensor([s], dtype=torch.float64)).div - field.trace() for s in signs
+        ]
+        sym = field + field.T
+        penalty = 0.5 * ((sym**2).sum() - (torch.diag(sym) ** 2).sum())
+        assert torch.allclose(torch.stack(errors).pow(2).mean(), penalty, atol=1e-12)
+    assert penalty == 0

@@ -42,6 +42,7 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
         "collocation": "box",
         "collocation_options": {"prior_box_width": 3.0},
         "net": {"width": 128, "depth": 3, "input_scale": 1.0},
+        "trace": "exact",
         "lr": 5e-3,
         "lr_final": 1e-4,
         "batch_size": 1024,
@@ -52,6 +53,14 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
     assert problem_settings("mw50")["collocation_options"] == {"prior_box_width": 3.0}
     assert problem_settings("fab_mw8")["collocation"] == "default"
     assert problem_settings("gmm40")["net"] == {"width": 256, "depth": 4, "input_scale": 10.0}
+    assert problem_settings("fab_mw8")["trace"] == "hutchinson"
+
+
+def test_the_preset_chooses_the_trace_estimator_and_the_command_line_wins() -> None:
+    assert composed("problem=fab_mw8", "loss=learned").trace.kind == "hutchinson"
+    assert composed("target=fab_mw8", "loss=learned").trace.kind == "hutchinson"
+    assert composed("problem=mw5", "loss=logce").trace.kind == "exact"
+    assert composed("problem=fab_mw8", "trace.kind=exact").trace.kind == "exact"
 
 
 def test_a_target_without_a_preset_gets_the_default_rule() -> None:
