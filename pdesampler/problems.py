@@ -1,8 +1,8 @@
 """Problem presets: a target plus the settings it trains best with.
 
 One YAML per problem in ``configs/problem/<name>.yaml`` holds the target's config name, the
-collocation (kind, prior box width, sampler options), the network size, the learning rates and
-the batch size. ``configs/problem/default.yaml`` is the rule for a target without a preset; a
+collocation (kind, prior box width, sampler options), the network size, the trace estimator of
+the residual (``exact`` or ``hutchinson``), the learning rates and the batch size. ``configs/problem/default.yaml`` is the rule for a target without a preset; a
 preset overrides it key by key. The Hydra app loads the preset of the chosen target by itself
 (``target=mw5`` alone gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose
 the target as well. Benchmarks read the same files through :func:`problem_settings`.
@@ -37,7 +37,8 @@ def problem_settings(name: str) -> dict[str, Any]:
     A name without a preset gets the default rule with ``target=name``. Returns ``{"target",
     "collocation" (a kind for :func:`pdesampler.collocation.make_collocation`),
     "collocation_options" (its keyword arguments: ``prior_box_width`` and the sampler's options),
-    "net": {"width", "depth"}, "lr", "lr_final", "batch_size"}``, ready for
+    "net": {"width", "depth", "input_scale"}, "trace", "lr", "lr_final", "batch_size"}``;
+    all but ``net`` and ``trace`` (which build the residual) are ready for
     :func:`pdesampler.train`.
     """
     if not name or "/" in name:
