@@ -293,6 +293,15 @@ class TrajectorySampler(CollocationSampler):
         return states[keep].detach(), t[keep].detach()
 
 
+#: The samplers of :func:`make_collocation` by kind.
+SAMPLERS: dict[str, type[CollocationSampler]] = {
+    "box": BoxSampler,
+    "trajectory_cache": TrajectoryCache,
+    "ou": OUSampler,
+    "trajectory": TrajectorySampler,
+}
+
+
 def make_collocation(
     kind: str,
     residual: Residual,
@@ -311,11 +320,9 @@ def make_collocation(
     """
     if kind == "default":
         kind = residual.default_collocation
-    kinds = ("box", "trajectory_cache", "ou", "trajectory")
-    if kind not in kinds:
-        raise ValueError(f"unknown collocation {kind!r}; available: default, {', '.join(kinds)}")
-    classes = {"box": BoxSampler, "trajectory_cache": TrajectoryCache, "ou": OUSampler}
-    _check_options(kind, classes.get(kind, TrajectorySampler), options)
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown collocation {kind!r}; available: default, {', '.join(SAMPLERS)}")
+    _check_options(kind, options)
     target_box = collocation_target_box(residual.target)
     if kind == "ou":
         sampler: CollocationSampler = OUSampler(target_box, generator, dtype, device, **options)
@@ -330,10 +337,12 @@ def make_collocation(
     return sampler
 
 
-def _check_options(kind: str, sampler: type, options: dict) -> None:
-    """Refuse, in one line, an option that ``sampler`` does not take (the box takes none)."""
-    fixed = {"self", "generator", "dtype", "device", "base", "target_box"}
-    accepted = [] if kind == "box" else sorted(set(inspect.signature(sampler).parameters) - fixed)
+def _check_options(kind: str, options: dict) -> None:
+    """Refuse, in one line, an option that the sampler of ``kind`` does not take (the box takes
+    none: its arguments come from the residual and ``prior_box_width``)."""
+    fixed = {"generator", "dtype", "device", "base", "target_box"}
+    parameters = inspect.signature(SAMPLERS[kind]).parameters
+    accepted = [] if kind == "box" else sorted(set(parameters) - fixed)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(

@@ -2,8 +2,9 @@
 
 One YAML per problem in ``configs/problem/<name>.yaml`` holds the target's config name, the
 collocation (kind, prior box width, sampler options), the network size, the trace estimator of
-the residual (``exact`` or ``hutchinson``), the learning rates and the batch size. ``configs/problem/default.yaml`` is the rule for a target without a preset; a
-preset overrides it key by key. The Hydra app loads the preset of the chosen target by itself
+the residual (``exact`` or ``hutchinson``), the learning rates and the batch size.
+``configs/problem/default.yaml`` is the rule for a target without a preset; a preset overrides
+it key by key. The Hydra app loads the preset of the chosen target by itself
 (``target=mw5`` alone gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose
 the target as well. Benchmarks read the same files through :func:`problem_settings`.
 """

@@ -153,9 +153,8 @@ def collocation_settings(
     # A trajectory baseline has no collocation (it simulates its own paths; train ignores it).
     own = getattr(residual, "default_collocation", "box")
     kind, options = str(collocation["kind"]), dict(collocation["options"] or {})
-    if not collocation.get("keep_loss_sampler") or own == "box":
-        return kind, {**box_width, **options}
-    if preset is not None and kind not in (preset["kind"], "default"):
+    keeps_own = collocation.get("keep_loss_sampler") and own != "box"
+    if not keeps_own or (preset is not None and kind not in (preset["kind"], "default")):
         return kind, {**box_width, **options}
     chosen = preset is not None and options != dict(preset["options"] or {})
     return "default", {**box_width, **(options if chosen else {})}

@@ -1,11 +1,14 @@
-"""The gradient flow's OU collocation (SPEC 4.3)."""
+"""Collocation samplers: the gradient flow's OU points (SPEC 4.3), the trajectory sampler's
+spread, and the option check of make_collocation."""
 
 from __future__ import annotations
 
 import torch
 
-from pdesampler.collocation import OUSampler
+from pdesampler.collocation import OUSampler, TrajectorySampler, make_collocation
+from pdesampler.losses import learned, linear, logce
 from pdesampler.losses.parts import LinearBeta
+from pdesampler.targets import Gaussian
 
 BOX = (-torch.ones(2) * 4, torch.ones(2) * 4)
 
@@ -26,10 +29,6 @@ def test_points_are_the_ou_interpolation_of_the_box() -> None:
 def test_trajectory_spread_widens_the_starts_and_keeps_the_paths() -> None:
     """With the velocity zeroed the paths stand still, so every time point holds the starts:
     N(0, spread^2 I) for ``spread``, the prior N(0, I) without it."""
-    from pdesampler.collocation import TrajectorySampler
-    from pdesampler.losses import linear
-    from pdesampler.targets import Gaussian
-
     residual = linear(Gaussian(mean=1.0, std=0.5, dim=2)).double()
     for p in residual.parameters():
         p.data.zero_()  # v = 0: x_t = x_0 along each path
@@ -50,10 +49,6 @@ def test_trajectory_spread_widens_the_starts_and_keeps_the_paths() -> None:
 
 
 def test_an_option_the_sampler_does_not_take_is_named() -> None:
-    from pdesampler.collocation import make_collocation
-    from pdesampler.losses import learned, logce
-    from pdesampler.targets import Gaussian
-
     target = Gaussian(mean=1.0, std=0.5, dim=2)
     cases = [(logce(target), "box", "spread"), (learned(target), "default", "n_trajectories")]
     for residual, kind, option in cases:
