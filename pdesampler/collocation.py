@@ -284,6 +284,11 @@ class TrajectorySampler(CollocationSampler):
         n_paths = max(1, n // self.n_times)
         x0 = dyn.prior.sample(n_paths, self.generator).to(self.device, self.dtype)
         if self.spread != 1.0:
+            if not isinstance(getattr(dyn.prior, "mean", None), Tensor):
+                raise ValueError(
+                    f"collocation option spread={self.spread} widens the prior about its mean, "
+                    f"but the prior {type(dyn.prior).__name__} has no `mean` tensor"
+                )
             mean = dyn.prior.mean.to(x0)
             x0 = mean + self.spread * (x0 - mean)
         times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)

@@ -148,12 +148,21 @@ def _fmt(value) -> str:
     return f"{value:.2e}"
 
 
+def _budget(row: Mapping[str, Any]) -> str:
+    """What the run trained for: ``150 s, 2345 steps`` (``+ 40 GN`` after Adam's)."""
+    seconds, steps, gn_steps = row.get("train_seconds"), row.get("steps"), row.get("gn_steps")
+    if seconds is None or steps is None:
+        return "-"
+    return f"{seconds:.0f} s, {steps} steps" + (f" + {gn_steps} GN" if gn_steps else "")
+
+
 def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
-    """Rows grouped by problem, each metric as ``ours / paper (better|worse)``."""
-    header = ["problem", "method", *metrics]
+    """Rows grouped by problem: the training budget each run had, then each metric as
+    ``ours / paper (better|worse)``."""
+    header = ["problem", "method", "budget", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["problem"], row["method"]]
+        cells = [row["problem"], row["method"], _budget(row)]
         for m in metrics:
             paper = row.get(f"paper_{m}")
             cell = _fmt(row.get(m))

@@ -3,6 +3,8 @@ spread, and the option check of make_collocation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from pdesampler.collocation import OUSampler, TrajectorySampler, make_collocation
@@ -46,6 +48,29 @@ def test_trajectory_spread_widens_the_starts_and_keeps_the_paths() -> None:
         assert "spread" in str(err)
     else:
         raise AssertionError("spread = 0 was accepted")
+
+
+def test_spread_names_a_prior_without_a_mean() -> None:
+    """A custom prior with only ``sample`` gets a one-line error, not an AttributeError."""
+
+    class BarePrior:
+        def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+            return torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+    residual = linear(Gaussian(mean=1.0, std=0.5, dim=2)).double()
+    own = residual.dynamics
+    residual.dynamics = lambda: dataclasses.replace(own(), prior=BarePrior())
+    sample = TrajectorySampler(torch.Generator().manual_seed(0), torch.float64, spread=2.0)
+    sample.bind(residual)
+    try:
+        sample(51 * 4)
+    except ValueError as err:
+        assert "BarePrior has no `mean`" in str(err) and "\n" not in str(err)
+    else:
+        raise AssertionError("spread about a prior without a mean was accepted")
+    plain = TrajectorySampler(torch.Generator().manual_seed(0), torch.float64)
+    plain.bind(residual)
+    assert plain(51 * 4)[0].shape == (51 * 4, 2)  # without spread no mean is needed
 
 
 def test_an_option_the_sampler_does_not_take_is_named() -> None:

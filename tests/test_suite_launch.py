@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from pdesampler.launch import RunLockedError, is_locked, run_lock
 from pdesampler.runner import run_experiment
-from pdesampler.suite import run_suite
+from pdesampler.suite import run_suite, table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -105,6 +105,25 @@ def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher)
     for name in ("logce", "linear"):
         assert json.loads((results / name / "metrics.json").read_text())["threads"] == share
     assert "| GMM d=2 | linear |" in (results / "table.md").read_text()
+
+
+def test_each_table_row_states_its_budget() -> None:
+    """The budget cell is the run's own training time and steps (Gauss-Newton steps after
+    Adam's); cells read ``ours / paper (better|worse)``."""
+    rows = [
+        {"problem": "MW 5/5/4", "method": "adam_gn", "train_seconds": 150.4, "steps": 2345,
+         "gn_steps": 40, "ess": 0.5, "paper_ess": 0.9},
+        {"problem": "MW 5/5/4", "method": "logce", "train_seconds": 149.6, "steps": 3001,
+         "gn_steps": 0, "ess": 0.95},
+        {"problem": "MW 5/5/4", "method": "killed", "ess": None},
+    ]  # fmt: skip
+    lines = table_markdown(rows, ["ess"]).splitlines()
+    assert lines[0] == "| problem | method | budget | ess |"
+    assert (
+        lines[2] == "| MW 5/5/4 | adam_gn | 150 s, 2345 steps + 40 GN | 0.5000 / 0.9000 (worse) |"
+    )
+    assert lines[3] == "| MW 5/5/4 | logce | 150 s, 3001 steps | 0.9500 |"
+    assert lines[4] == "| MW 5/5/4 | killed | - | - |"
 
 
 def test_unknown_launcher_is_named(tmp_path):
