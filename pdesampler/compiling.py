@@ -65,6 +65,7 @@ class CompiledOrEager:
     def __call__(self, *args, **kwargs):
         if self._compiled is None:
             return self.fn(*args, **kwargs)
+        level = torch._C._functorch.maybe_current_level()
         try:
             return self._compiled(*args, **kwargs)
         except Exception as err:  # any compiler failure: run eagerly instead
@@ -73,4 +74,31 @@ class CompiledOrEager:
                 "torch.compile cannot compile %s (%s); running it eagerly", self.name, reason
             )
             self._compiled = None
+            _release_leaked_transforms(level)
             return self.fn(*args, **kwargs)
+
+
+#: How many leaked forward-AD levels :func:`_release_leaked_transforms` looks for.
+_MAX_LEAKED_LEVELS = 8
+
+
+def _release_leaked_transforms(level_before: int | None) -> None:
+    """Undo what a compilation that failed part-way left behind. Inductor (torch 2.13) can fail
+    inside a traced ``torch.func.jvp`` after entering forward-mode AD's dual level and never
+    exit it (seen on MW 50/5/2 logFP-anneal: an internal assert on a dual view); every later
+    ``jvp``, the eager fallback's included, then raises "Nested forward mode AD is not
+    supported". The levels the Python API does not hold (above
+    ``forward_ad._current_level``) are exited, newest first. A functorch transform left on the
+    interpreter stack (above ``level_before``, the caller's own) cannot be undone safely, so
+    that case stops with a message."""
+    known = torch.autograd.forward_ad._current_level
+    for level in range(known + _MAX_LEAKED_LEVELS, known, -1):
+        try:
+            torch._C._exit_dual_level(level=level)
+        except RuntimeError:  # not the newest level, or none entered
+            continue
+    if torch._C._functorch.maybe_current_level() != level_before:
+        raise RuntimeError(
+            "a failed torch.compile left a torch.func transform active; rerun with "
+            "optim.compile=false"
+        )

@@ -120,6 +120,44 @@ def test_uncompilable_function_falls_back_to_eager(caplog) -> None:
     torch.testing.assert_close(second, expected)
 
 
+def test_fallback_exits_the_forward_ad_level_a_failed_compile_left() -> None:
+    """Inductor (torch 2.13) can fail inside a traced ``jvp`` after entering forward-mode AD's
+    dual level (MW 50/5/2 logFP-anneal); the eager fallback must still run its own ``jvp``, and
+    nothing stays entered after it."""
+
+    def sin_slope(x: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(torch.sin, (x,), (torch.ones_like(x),))[1].sum()
+
+    def fails_inside_a_jvp(*args):
+        torch._C._enter_dual_level()  # what the failed compilation left entered
+        raise RuntimeError("INTERNAL ASSERT FAILED: has_fw_view")
+
+    compiled = CompiledOrEager(sin_slope, "jvp")
+    compiled._compiled = fails_inside_a_jvp
+    x = torch.randn(5)
+    torch.testing.assert_close(compiled(x), torch.cos(x).sum())
+    assert not compiled.compiled
+    with torch.autograd.forward_ad.dual_level() as level:
+        assert level == 0  # the leaked level was exited
+
+
+def test_a_transform_left_active_by_a_failed_compile_stops_with_a_message() -> None:
+    def fails_inside_a_vmap(*args):
+        torch._C._functorch._vmap_increment_nesting(3, "error")  # never decremented
+        raise RuntimeError("compilation failed inside vmap")
+
+    compiled = CompiledOrEager(torch.sin, "sin")
+    compiled._compiled = fails_inside_a_vmap
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"left a torch.func transform active.*compile=false"
+        ):
+            compiled(torch.ones(3))
+    finally:
+        torch._C._functorch._vmap_decrement_nesting()
+    assert torch._C._functorch.maybe_current_level() is None
+
+
 def test_error_of_the_function_itself_is_raised() -> None:
     def broken(x: torch.Tensor) -> torch.Tensor:
         return x @ torch.ones(3)  # shape error, eager or compiled
