@@ -80,6 +80,7 @@ RUN_RULES: dict[str, Rule] = {
     "sampler.steps": POSITIVE_INT,
     "sampler.sde_steps": POSITIVE_INT,
     "sampler.batch_size": POSITIVE_INT,
+    "sampler.refine_budget": NON_NEGATIVE_INT,
     "eval.n_samples": POSITIVE_INT,
     "eval.sinkhorn_blur": POSITIVE,
     "eval.sinkhorn_max_samples": POSITIVE_INT,

@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torchdiffeq import odeint
 
+from pdesampler.checks import NON_NEGATIVE_INT, check
 from pdesampler.losses.base import Dynamics
 from pdesampler.losses.trajectory import path_log_ratio
 from pdesampler.ops import Exact, TraceEstimator, vector_jet
@@ -79,6 +81,7 @@ __all__ = [
     "SampleResult",
     "SamplingOutput",
     "log_density",
+    "refinement_budget",
     "resolve_dtype_device",
     "sample",
     "sample_ode",
@@ -432,6 +435,21 @@ class _Solver:
         todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
         _refine_until_finite(todo, n_batch, solve, method)
         return xs, ells
+
+
+@contextmanager
+def refinement_budget(budget: int) -> Iterator[None]:
+    """Within the block, the refined solves of a batch's strays may cost at most ``budget``
+    grid solves of the batch (:data:`REFINEMENT_BUDGET` outside it; 0: no refinement, strays
+    stay non-finite). ``sampler.refine_budget`` sets it for a run's evaluation: refinement can
+    multiply a badly trained model's sampling time by ``1 + budget``."""
+    global REFINEMENT_BUDGET
+    check("refine_budget", budget, NON_NEGATIVE_INT)
+    before, REFINEMENT_BUDGET = REFINEMENT_BUDGET, budget
+    try:
+        yield
+    finally:
+        REFINEMENT_BUDGET = before
 
 
 def _refine_until_finite(

@@ -227,17 +227,17 @@ def test_sde_samples_that_blow_up_get_finer_grids_along_the_same_brownian_path(c
     assert out.x[positive, 0].abs().max() < 0.05  # 7 sd of N(0, 1/24000)
 
 
-def test_refinement_stops_at_its_budget_for_trajectories_that_truly_blow_up(
-    caplog, monkeypatch
-) -> None:
+def test_refinement_stops_at_its_budget_for_trajectories_that_truly_blow_up(caplog) -> None:
     """dx/dt = x^3 from N(0, 1) on a fixed rk4 grid: about half the samples truly blow up
-    before t = 1, so no grid saves them. With a budget of 4 grid solves of the batch, the 4x
-    level (4 per stray) fits and the 16x level (16 more per stray) does not: it is skipped with
-    a warning, the strays stay non-finite and the others keep their exact solution."""
-    monkeypatch.setattr(sampling, "REFINEMENT_BUDGET", 4)
+    before t = 1, so no grid saves them. With a budget of 4 grid solves of the batch
+    (``sampler.refine_budget=4``), the 4x level (4 per stray) fits and the 16x level (16 more
+    per stray) does not: it is skipped with a warning, the strays stay non-finite and the others
+    keep their exact solution. The default budget comes back after the block."""
     blowup = Dynamics(lambda x, t: x**3, Gaussian(0.0, 1.0, dim=1).double(), 0.0, 1.0)
-    out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), method="rk4",
-                     steps=50, dtype=F64)  # fmt: skip
+    with sampling.refinement_budget(4):
+        out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), method="rk4",
+                         steps=50, dtype=F64)  # fmt: skip
+    assert sampling.REFINEMENT_BUDGET == 16
     small = out.x0[:, 0].abs() < 0.5
     n_stray = int((out.x0[:, 0].abs() > 2**-0.5).sum())
     assert 4 <= n_stray <= 16  # 4 n + 16 n > 4 * 16

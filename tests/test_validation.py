@@ -112,6 +112,7 @@ def compose(*overrides: str):
         ("batch_size=0", "batch_size must be a positive integer, got 0"),
         ("batch_size=-5", "batch_size must be a positive integer, got -5"),
         ("sampler.steps=0", "sampler.steps must be a positive integer, got 0"),
+        ("sampler.refine_budget=-1", "sampler.refine_budget must be an integer >= 0, got -1"),
         ("optim.max_seconds=-1", "optim.max_seconds must be a number > 0 or null, got -1"),
         ("optim.lr=-0.001", "optim.lr must be a number > 0, got -0.001"),
         ("optim.steps=-3", "optim.steps must be an integer >= 0, got -3"),
