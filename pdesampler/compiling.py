@@ -16,22 +16,35 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["COMPILE_MIN_SECONDS", "COMPILE_MIN_STEPS", "CompiledOrEager", "should_compile"]
+__all__ = [
+    "COMPILE_MIN_SECONDS",
+    "COMPILE_MIN_STEPS",
+    "COMPILE_SECONDS_PER_DIM",
+    "CompiledOrEager",
+    "should_compile",
+]
 
 log = logging.getLogger(__name__)
 
 #: ``compile="auto"`` compiles on CPU when the Adam phase runs at least this many seconds
 #: (``max_seconds``) or, without a time budget, this many steps: enough that the one-off
-#: compilation (3-45 s) pays for itself at a 1.6-6x faster step.
+#: compilation (3-45 s at d <= 8) pays for itself at a 1.6-6x faster step.
 COMPILE_MIN_SECONDS, COMPILE_MIN_STEPS = 120.0, 1000
+#: ... and at least this many seconds per dimension: at d = 50 a cold compilation took 118 of a
+#: 150 s budget (suite=paper, MW 50/5/2 score: 81 steps against about 270 eagerly).
+COMPILE_SECONDS_PER_DIM = 10.0
 
 
 def should_compile(
-    setting: bool | str, device: torch.device, steps: int, max_seconds: float | None
+    setting: bool | str,
+    device: torch.device,
+    steps: int,
+    max_seconds: float | None,
+    dim: int = 1,
 ) -> bool:
     """Resolve ``optim.compile``: ``True`` / ``False``, or ``"auto"``: on CPU only, for an
-    Adam phase of at least :data:`COMPILE_MIN_SECONDS` (or :data:`COMPILE_MIN_STEPS` steps when
-    it has no time budget)."""
+    Adam phase of at least ``max(COMPILE_MIN_SECONDS, COMPILE_SECONDS_PER_DIM * dim)`` seconds
+    (or :data:`COMPILE_MIN_STEPS` steps when it has no time budget)."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
@@ -39,7 +52,7 @@ def should_compile(
     if torch.device(device).type != "cpu":
         return False
     if max_seconds is not None:
-        return max_seconds >= COMPILE_MIN_SECONDS
+        return max_seconds >= max(COMPILE_MIN_SECONDS, COMPILE_SECONDS_PER_DIM * dim)
     return steps >= COMPILE_MIN_STEPS
 
 

@@ -182,7 +182,7 @@ def train(
     residual_loss = residual.loss  # a residual of one's own may override loss(x, t) without form
     if adam_cfg.loss_form != "squares":
         residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
-    if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds):
+    if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds, residual.dim):
         residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
 
     def loss_fn(step: int):
