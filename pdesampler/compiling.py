@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: compilation (3-45 s at d <= 8) pays for itself at a 1.6-6x faster step.
 COMPILE_MIN_SECONDS, COMPILE_MIN_STEPS = 120.0, 1000
 #: ... and at least this many seconds per dimension: at d = 50 a cold compilation took 118 of a
-#: 150 s budget (suite=paper, MW 50/5/2 score: 81 steps against about 270 eagerly).
+#: 150 s budget (suite=paper, MW 50/5/2 score: 81 steps, against 207 eagerly in a rerun).
 COMPILE_SECONDS_PER_DIM = 10.0
 
 

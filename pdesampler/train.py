@@ -126,8 +126,9 @@ def train(
         on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
             (steps and seconds count from the start of that phase).
         compile: evaluate the Adam phase's loss through ``torch.compile`` (``"auto"``: on CPU
-            for a phase of at least two minutes or 1000 steps; see :mod:`pdesampler.compiling`);
-            a residual that does not compile runs eagerly, with a warning.
+            for a phase of at least two minutes and 10 s per dimension, or 1000 steps; see
+            :mod:`pdesampler.compiling`); a residual that does not compile runs eagerly, with a
+            warning.
     """
     check("batch_size", batch_size, POSITIVE_INT)
     check("max_seconds", max_seconds, POSITIVE_OR_NONE)
