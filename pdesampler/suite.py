@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pdesampler.checks import POSITIVE_INT, check
+from pdesampler.checks import NON_NEGATIVE_INT, POSITIVE_INT, check
 from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_all
 from pdesampler.plots import plot_marginal_grid, plot_metric_summary, plot_samples_2d
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
@@ -38,6 +39,7 @@ TABLE_METRICS = (
     "train_seconds",
 )  # fmt: skip
 SUMMARY_METRICS = ("dlogZ", "w2", "ess", "dstd", "energy_distance", "nll")
+_COUNTS = ("steps", "gn_steps")  # averaged over seeds, then rounded
 _MARK = {True: "better", False: "worse", None: ""}
 
 
@@ -59,7 +61,9 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
     the runs (names, comma-separated); ``suite.max_runs`` stops after that many new runs;
     ``suite.launcher`` (``local`` | ``slurm`` | ``submitit_local``) and ``suite.jobs`` (local
     runs at a time) choose how they run (:mod:`pdesampler.launch`); ``suite.collect_only``
-    only writes the table of the complete runs.
+    only writes the table of the complete runs. ``suite.seeds`` (a list) runs every selected
+    run once per seed, in ``<name>-seed<k>``, and the table gives each metric's mean and
+    standard deviation over the seeds (:func:`collect`).
     """
     suite = cfg.suite
     root = Path(suite.results_dir)
@@ -72,13 +76,19 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
     check("suite.jobs", n_parallel, POSITIVE_INT)
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown suite.launcher {launcher!r}; available: {list(LAUNCHERS)}")
+    seeds = suite_seeds(suite)
     todo, busy = [], []
-    for run in (r for r in suite.runs if r.name in selected and not is_complete(root / r.name)):
-        if is_locked(root / run.name):
-            busy.append(run.name)
-        else:
+    for run in (r for r in suite.runs if r.name in selected):
+        for seed in seeds:
+            name = run_dir_name(run.name, seed)
+            if is_complete(root / name):
+                continue
+            if is_locked(root / name):
+                busy.append(name)
+                continue
             overrides = _overrides(run, suite, cfg.scale, base_overrides)
-            todo.append(RunJob(run.name, tuple(overrides), root / run.name))
+            overrides += [f"seed={seed}"] if seed is not None else []
+            todo.append(RunJob(name, tuple(overrides), root / name))
     todo = todo[: suite.get("max_runs")] if suite.get("max_runs") is not None else todo
     if suite.get("collect_only"):
         todo = []
@@ -111,21 +121,67 @@ def _selection(select, names: list[str]) -> set[str]:
     return wanted
 
 
+def suite_seeds(suite: DictConfig) -> list[int | None]:
+    """``suite.seeds`` checked: distinct integers >= 0, or ``[None]`` (one run per row, with
+    the suite's own ``seed``)."""
+    seeds = suite.get("seeds")
+    if seeds is None:
+        return [None]
+    values = [seeds] if isinstance(seeds, int) else list(seeds)
+    for value in values:
+        check("suite.seeds", value, NON_NEGATIVE_INT)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"suite.seeds must be distinct integers >= 0, got {values}")
+    return values
+
+
+def run_dir_name(name: str, seed: int | None) -> str:
+    """A run's directory: its name, or ``<name>-seed<k>`` when the suite has ``seeds``."""
+    return name if seed is None else f"{name}-seed{seed}"
+
+
 def collect(suite: DictConfig, root: Path) -> list[dict[str, Any]]:
-    """One row per complete run: its metrics and, where known, the published ones."""
+    """One row per run with at least one complete seed: its metrics and, where known, the
+    published ones. Over several seeds a metric is the mean of the seeds that report it,
+    ``<metric>_sd`` their sample standard deviation, ``n_seeds`` the complete seeds and
+    ``per_seed`` each seed's own metrics."""
     rows = []
     for run in suite.runs:
-        path = root / run.name / METRICS_FILE
-        if not path.exists():
+        per_seed = {}
+        for seed in suite_seeds(suite):
+            path = root / run_dir_name(run.name, seed) / METRICS_FILE
+            if path.exists():
+                metrics = json.loads(path.read_text())
+                per_seed[seed] = {k: metrics.get(k) for k in TABLE_METRICS}
+        if not per_seed:
             continue
-        metrics = json.loads(path.read_text())
         row = {"run": run.name, "problem": run.problem, "method": run.method, "table": "runs"}
-        row.update({k: metrics.get(k) for k in TABLE_METRICS})
+        row["dir"] = run_dir_name(run.name, next(iter(per_seed)))
+        if None in per_seed:
+            row.update(per_seed[None])
+        else:
+            row.update(_mean_over_seeds(list(per_seed.values())), seeds=list(per_seed))
+            row["per_seed"] = [{"seed": s, **m} for s, m in per_seed.items()]
         if run.get("paper"):
             paper = published_row(run.paper.table, run.paper.problem, run.paper.method)
             row.update({f"paper_{k}": v for k, v in paper.items()}, table=run.paper.table)
         rows.append(row)
     return rows
+
+
+def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's mean over the runs that report it and, from two on, ``<metric>_sd``."""
+    row: dict[str, Any] = {"n_seeds": len(runs)}
+    for metric in TABLE_METRICS:
+        values = [r[metric] for r in runs if r.get(metric) is not None]
+        if not values:
+            row[metric] = None
+            continue
+        mean = statistics.fmean(values)
+        row[metric] = round(mean) if metric in _COUNTS else mean
+        if len(values) > 1:
+            row[f"{metric}_sd"] = statistics.stdev(values)
+    return row
 
 
 def _verdict(ours, paper, metric: str) -> bool | None:
@@ -153,12 +209,14 @@ def _budget(row: Mapping[str, Any]) -> str:
     seconds, steps, gn_steps = row.get("train_seconds"), row.get("steps"), row.get("gn_steps")
     if seconds is None or steps is None:
         return "-"
-    return f"{seconds:.0f} s, {steps} steps" + (f" + {gn_steps} GN" if gn_steps else "")
+    text = f"{seconds:.0f} s, {steps} steps" + (f" + {gn_steps} GN" if gn_steps else "")
+    n_seeds = row.get("n_seeds")
+    return text + (f" (mean of {n_seeds} seeds)" if n_seeds and n_seeds > 1 else "")
 
 
 def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
     """Rows grouped by problem: the training budget each run had, then each metric as
-    ``ours / paper (better|worse)``."""
+    ``ours / paper (better|worse)``, where ours reads ``mean ± sd`` over several seeds."""
     header = ["problem", "method", "budget", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -166,6 +224,8 @@ def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
         for m in metrics:
             paper = row.get(f"paper_{m}")
             cell = _fmt(row.get(m))
+            if row.get(f"{m}_sd") is not None:
+                cell += f" ± {_fmt(row[f'{m}_sd'])}"
             if paper is not None:
                 mark = _MARK[_verdict(row.get(m), paper, m)]
                 cell += f" / {_fmt(paper)}" + (f" ({mark})" if mark else "")
@@ -177,11 +237,12 @@ def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
 def write_outputs(suite: DictConfig, scale: str, root: Path, rows: list[dict[str, Any]]) -> None:
     """``results.csv``, ``results.json``, ``table.md`` and ``figures/``; prints the table."""
     write_json(root / "results.json", rows)
-    keys = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("paper_"), k))
+    flat = [{k: v for k, v in row.items() if k != "per_seed"} for row in rows]
+    keys = sorted({k for row in flat for k in row}, key=lambda k: (k.startswith("paper_"), k))
     csv_text = io.StringIO()
     writer = csv.DictWriter(csv_text, fieldnames=keys)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     write_text(root / "results.csv", csv_text.getvalue())
     metrics = list(suite.get("table_metrics", SUMMARY_METRICS))
     sections = []
@@ -214,7 +275,7 @@ def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], me
         samples = {}
         reference = None
         for row in (r for r in rows if r["problem"] == problem):
-            path = root / row["run"] / "samples.pt"
+            path = root / row["dir"] / "samples.pt"
             if path.exists():
                 saved = torch.load(path, weights_only=True)
                 samples[row["method"]] = saved["samples"]
@@ -224,7 +285,7 @@ def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], me
             plot_marginal_grid(samples, reference, figures / f"marginals_{slug}.png", title=problem)
             first = next(r for r in rows if r["problem"] == problem)
             if next(iter(samples.values())).shape[1] >= 2:
-                log_prob = density_2d(_run_target(root / first["run"]))
+                log_prob = density_2d(_run_target(root / first["dir"]))
                 plot_samples_2d(
                     samples,
                     figures / f"samples_2d_{slug}.png",

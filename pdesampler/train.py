@@ -64,7 +64,8 @@ class TrainResult:
             "train_seconds": self.seconds,
             "adam_seconds": self.adam.seconds,
             "gn_seconds": self.gn_seconds,
-            "sec_per_it": self.adam.seconds / max(self.adam.steps, 1),
+            "sec_per_it": self.adam.seconds_per_step,
+            "first_step_seconds": self.adam.first_step_seconds,
             "gn_sec_per_it": self.gn_seconds / gn_steps if gn_steps else None,
             "nan_skipped": self.adam.skipped,
         }

@@ -18,7 +18,10 @@ FAST = [
     "optim.steps=10", "batch_size=64", "net=small", "eval.n_samples=400", "eval.n_nll=100",
     "sampler.steps=10", "sampler.sde_steps=20", "eval.sinkhorn_max_samples=400", "progress=false",
 ]  # fmt: skip
-TIMING_KEYS = {"train_seconds", "adam_seconds", "gn_seconds", "sec_per_it", "gn_sec_per_it"}
+TIMING_KEYS = {
+    "train_seconds", "adam_seconds", "gn_seconds", "sec_per_it", "gn_sec_per_it",
+    "first_step_seconds",
+}  # fmt: skip
 
 
 def run_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from pdesampler.launch import RunLockedError, is_locked, run_lock
 from pdesampler.runner import run_experiment
-from pdesampler.suite import run_suite, table_markdown
+from pdesampler.suite import collect, run_suite, table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -124,6 +124,47 @@ def test_each_table_row_states_its_budget() -> None:
     )
     assert lines[3] == "| MW 5/5/4 | logce | 150 s, 3001 steps | 0.9500 |"
     assert lines[4] == "| MW 5/5/4 | killed | - | - |"
+
+
+def test_several_seeds_give_mean_and_sd_per_metric(tmp_path: Path) -> None:
+    """With ``suite.seeds`` a row is the mean over the seeds that finished (``n_seeds``), with
+    the sample standard deviation beside it, and keeps each seed's own metrics."""
+    cfg = suite_config(tmp_path, "suite.seeds=[0,1,2]", "suite.select=null")
+    for seed, (ess, steps, nll) in {0: (0.2, 100, 5.0), 2: (0.6, 103, None)}.items():
+        run_dir = tmp_path / f"logce-seed{seed}"
+        run_dir.mkdir()
+        metrics = {"ess": ess, "steps": steps, "gn_steps": 0, "train_seconds": 150.0, "nll": nll}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = collect(cfg.suite, tmp_path)
+    assert (row["run"], row["dir"], row["seeds"]) == ("logce", "logce-seed0", [0, 2])
+    assert row["n_seeds"] == 2
+    assert row["ess"] == pytest.approx(0.4) and row["ess_sd"] == pytest.approx(0.08**0.5)
+    assert row["steps"] == 102 and row["nll"] == 5.0 and "nll_sd" not in row
+    assert [r["ess"] for r in row["per_seed"]] == [0.2, 0.6]
+    (line,) = table_markdown([row], ["ess"]).splitlines()[2:]
+    assert line == "| GMM d=2 | logce | 150 s, 102 steps (mean of 2 seeds) | 0.4000 ± 0.2828 |"
+
+
+def test_suite_seeds_run_each_row_once_per_seed(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    rows = run_suite(suite_config(results, "suite.seeds=[0,1]", "suite.select=[logce]"))
+    assert sorted(p.name for p in results.glob("logce-seed*")) == ["logce-seed0", "logce-seed1"]
+    for seed in (0, 1):
+        config = (results / f"logce-seed{seed}" / "config.yaml").read_text()
+        assert f"seed: {seed}\n" in config
+    (row,) = rows
+    assert row["n_seeds"] == 2 and row["ess_sd"] > 0, "two seeds gave the same run"
+    assert "±" in (results / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [("[1,1]", r"suite.seeds must be distinct integers >= 0, got \[1, 1\]"),
+     ("[-1]", r"suite.seeds")],
+)  # fmt: skip
+def test_bad_suite_seeds_are_named(tmp_path: Path, seeds: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_suite(suite_config(tmp_path, f"suite.seeds={seeds}"))
 
 
 def test_unknown_launcher_is_named(tmp_path):

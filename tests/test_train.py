@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import pytest
 import torch
@@ -185,6 +186,24 @@ def test_wall_clock_budget_stops_training() -> None:
     )
     assert 0 < out.adam.steps < 10**6
     assert out.adam.seconds < 5.0
+
+
+def test_seconds_per_step_leave_out_the_first_step() -> None:
+    """A slow first step (compilation) is reported apart: ``sec_per_it`` averages the others."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    module = torch.nn.Module()
+    module.weight = weight
+
+    def loss_fn(step: int):
+        time.sleep(0.5 if step == 0 else 0.01)
+        return (weight**2).sum(), {}
+
+    result = run_adam(module, loss_fn, AdamConfig(steps=4), progress=False)
+    assert result.first_step_seconds >= 0.5
+    assert result.seconds_per_step == pytest.approx(
+        (result.seconds - result.first_step_seconds) / 3
+    )
+    assert 0.01 <= result.seconds_per_step < 0.1 < result.seconds / result.steps
 
 
 def test_gauss_newton_phase_runs_after_adam_and_does_not_increase_loss() -> None:

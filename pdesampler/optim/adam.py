@@ -66,12 +66,22 @@ class AdamConfig:
 
 @dataclass
 class AdamResult:
-    """History of the Adam phase: one row per ``log_every`` steps."""
+    """History of the Adam phase: one row per ``log_every`` steps. ``first_step_seconds`` is
+    the time to the first applied step (with a compiled loss, its compilation)."""
 
     steps: int = 0
     seconds: float = 0.0
     skipped: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    first_step_seconds: float | None = None
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Seconds per step after the first: ``(seconds - first_step_seconds) / (steps - 1)``
+        (all the time over the steps when there are fewer than two)."""
+        if self.steps < 2 or self.first_step_seconds is None:
+            return self.seconds / max(self.steps, 1)
+        return (self.seconds - self.first_step_seconds) / (self.steps - 1)
 
 
 ADAM_RULES = {
@@ -197,6 +207,8 @@ def run_adam(
             nn.utils.clip_grad_norm_(params, cfg.clip)
         optimizer.step()
         result.steps += 1
+        if result.first_step_seconds is None:
+            result.first_step_seconds = time.perf_counter() - start
         bar.update(1)
         if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
             row = {"step": result.steps, "loss": float(loss.detach()), "lr": lr}
