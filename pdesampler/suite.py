@@ -145,10 +145,10 @@ def collect(suite: DictConfig, root: Path) -> list[dict[str, Any]]:
     published ones. Over several seeds a metric is the mean of the seeds that report it,
     ``<metric>_sd`` their sample standard deviation, ``n_seeds`` the complete seeds and
     ``per_seed`` each seed's own metrics."""
-    rows = []
+    rows, seeds = [], suite_seeds(suite)
     for run in suite.runs:
         per_seed = {}
-        for seed in suite_seeds(suite):
+        for seed in seeds:
             path = root / run_dir_name(run.name, seed) / METRICS_FILE
             if path.exists():
                 metrics = json.loads(path.read_text())

@@ -207,7 +207,7 @@ def run_adam(
             nn.utils.clip_grad_norm_(params, cfg.clip)
         optimizer.step()
         result.steps += 1
-        if result.first_step_seconds is None:
+        if result.steps == 1:
             result.first_step_seconds = time.perf_counter() - start
         bar.update(1)
         if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
