@@ -30,7 +30,7 @@ from pdesampler.plots import plot_marginal_grid, plot_metric_summary, plot_sampl
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
 from pdesampler.runner import METRICS_FILE, density_2d, is_complete, write_json, write_text
 
-__all__ = ["collect", "run_suite", "table_markdown"]
+__all__ = ["collect", "run_dir_name", "run_suite", "suite_seeds", "table_markdown"]
 
 TABLE_METRICS = (
     "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance", "nll",
