@@ -44,7 +44,8 @@ def run(name: str, seconds: float, width: int, collocation: str, options: dict, 
         "collocation": collocation,
         "prior_box_width": options["prior_box_width"],
         "steps": result.adam.steps,
-        "sec_per_it": result.adam.seconds / max(result.adam.steps, 1),
+        "sec_per_it": result.adam.seconds_per_step,
+        "first_step_seconds": result.adam.first_step_seconds,
         **{k: m.metrics[k] for k in ("ess", "dlogZ", "log_Z_lb", "log_z_learned", "dstd", "w2")},
     }
 
