@@ -74,7 +74,9 @@ def evaluate(
     (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
     estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
     (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
-    solves, see :func:`_nll_summary`) and ``cross_entropy``.
+    solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
+    ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
+    ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples).
     """
     for key, value in {
         "n_samples": n_samples,
@@ -142,6 +144,7 @@ def evaluate(
         m["dstd"] = float(metrics.delta_std(x, stddevs))
     else:
         m["dstd"], skipped["dstd"] = None, "the target has no reference standard deviations"
+    m.update(_mode_metrics(target, x, reference, skipped))
     if reference is not None and x is not None:
         m.update(
             _sample_metrics(
@@ -161,6 +164,25 @@ def evaluate(
         m["nll"], skipped["nll"] = None, "disabled (eval.nll=false)"
     m["skipped"] = skipped
     return Evaluation(m, output, reference, skipped)
+
+
+def _mode_metrics(
+    target, x: Tensor | None, reference: Tensor | None, skipped: dict[str, str]
+) -> dict[str, Any]:
+    """:func:`metrics.mode_coverage` of the model samples (and the exact ones), or ``None``
+    entries with the reason in ``skipped``."""
+    weights = getattr(target, "mode_weights", None)
+    keys = ("n_modes", "modes_covered", "modes_missed", "mode_tv", "modes_covered_ref")
+    reason = None
+    if weights is None:
+        reason = "the target does not define its modes"
+    elif x is None:
+        reason = "every model sample is NaN/Inf"
+    if reason is not None:
+        skipped.update(dict.fromkeys(("modes_covered", "mode_tv"), reason))
+        return dict.fromkeys((*keys, "mode_tv_floor"))
+    ref_modes = None if reference is None else target.mode_of(reference.to(x))
+    return metrics.mode_coverage(target.mode_of(x), weights, ref_modes)
 
 
 def _finite_rows(x: Tensor, bad_rows: Tensor, n_failed: int) -> Tensor | None:

@@ -36,6 +36,7 @@ __all__ = [
     "log_weights",
     "log_z_importance",
     "log_z_lower_bound",
+    "mode_coverage",
     "sinkhorn_w2",
 ]
 
@@ -391,3 +392,56 @@ def forward_nll(log_q_on_target_samples: Tensor) -> float:
     """
     log_q = torch.as_tensor(log_q_on_target_samples).detach().to(torch.float64)
     return float(-log_q.mean())
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def mode_coverage(
+    model_modes: Tensor, weights: Tensor, reference_modes: Tensor | None = None
+) -> dict[str, float | int | None]:
+    """How the model's samples spread over a target's ``K`` modes, from the mode each sample is
+    in (``Target.mode_of``) and the exact mode weights :math:`w_k` (``Target.mode_weights``).
+
+    With :math:`\\hat p_k` the fraction of the ``N`` (unweighted) model samples in mode ``k``:
+
+    - ``mode_tv``: :math:`\\tfrac12 \\sum_k |\\hat p_k - w_k|`, the total-variation distance of
+      the mass per mode (0: every mode holds its exact share; 1: no mass where the target has it);
+    - ``modes_covered``: the number of modes holding at least one sample, out of ``n_modes``;
+    - ``modes_missed``: modes expected to hold at least ten samples (:math:`N w_k \\ge 10`; an
+      exact sampler leaves one empty with probability :math:`e^{-10}`) that hold none;
+    - ``mode_tv_floor`` and ``modes_covered_ref``: the same for ``reference_modes``, exact
+      samples (``None`` without them); ``mode_tv_floor`` is the sampling noise of ``mode_tv``,
+      about :math:`\\sum_k \\sqrt{w_k(1-w_k) / (2\\pi N)}` for ``N`` samples.
+
+    Args:
+        model_modes: the mode index of each model sample, shape ``(N,)``, values in ``[0, K)``.
+        weights: :math:`w_k`, shape ``(K,)``, summing to 1.
+        reference_modes: the mode index of each exact sample, shape ``(M,)``, or ``None``.
+    """
+    weights = torch.as_tensor(weights).detach().to("cpu", torch.float64)
+    if weights.dim() != 1 or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"mode weights must have shape (K,) and sum to 1, got {weights}")
+
+    def counts(modes: Tensor) -> Tensor:
+        modes = torch.as_tensor(modes).detach().to("cpu").long()
+        if modes.dim() != 1 or modes.numel() == 0:
+            raise ValueError(f"mode indices must have shape (N,), N >= 1, got {tuple(modes.shape)}")
+        if modes.min() < 0 or modes.max() >= len(weights):
+            raise ValueError(f"mode indices must lie in [0, {len(weights)})")
+        return torch.bincount(modes, minlength=len(weights)).to(torch.float64)
+
+    n_k = counts(model_modes)
+    out: dict[str, float | int | None] = {
+        "n_modes": len(weights),
+        "modes_covered": int((n_k > 0).sum()),
+        "modes_missed": int(((n_k == 0) & (n_k.sum() * weights >= 10)).sum()),
+        "mode_tv": float(0.5 * (n_k / n_k.sum() - weights).abs().sum()),
+        "modes_covered_ref": None,
+        "mode_tv_floor": None,
+    }
+    if reference_modes is not None:
+        ref_k = counts(reference_modes)
+        out["modes_covered_ref"] = int((ref_k > 0).sum())
+        out["mode_tv_floor"] = float(0.5 * (ref_k / ref_k.sum() - weights).abs().sum())
+    return out

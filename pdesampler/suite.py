@@ -34,12 +34,12 @@ __all__ = ["collect", "run_dir_name", "run_suite", "suite_seeds", "table_markdow
 
 TABLE_METRICS = (
     "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance", "nll",
-    "cross_entropy",
+    "cross_entropy", "modes_covered", "n_modes", "modes_missed", "mode_tv", "mode_tv_floor",
     "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps", "gn_steps",
     "train_seconds",
 )  # fmt: skip
 SUMMARY_METRICS = ("dlogZ", "w2", "ess", "dstd", "energy_distance", "nll")
-_COUNTS = ("steps", "gn_steps")  # averaged over seeds, then rounded
+_COUNTS = ("steps", "gn_steps", "n_modes")  # averaged over seeds, then rounded
 _MARK = {True: "better", False: "worse", None: ""}
 
 
@@ -216,7 +216,8 @@ def _budget(row: Mapping[str, Any]) -> str:
 
 def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
     """Rows grouped by problem: the training budget each run had, then each metric as
-    ``ours / paper (better|worse)``, where ours reads ``mean ± sd`` over several seeds."""
+    ``ours / paper (better|worse)``, where ours reads ``mean ± sd`` over several seeds and
+    ``modes_covered`` reads ``k of K`` (``K`` modes)."""
     header = ["problem", "method", "budget", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -226,6 +227,8 @@ def table_markdown(rows: list[dict[str, Any]], metrics: Sequence[str]) -> str:
             cell = _fmt(row.get(m))
             if row.get(f"{m}_sd") is not None:
                 cell += f" ± {_fmt(row[f'{m}_sd'])}"
+            if m == "modes_covered" and row.get("n_modes") is not None:
+                cell += f" of {_fmt(row['n_modes'])}"
             if paper is not None:
                 mark = _MARK[_verdict(row.get(m), paper, m)]
                 cell += f" / {_fmt(paper)}" + (f" ({mark})" if mark else "")

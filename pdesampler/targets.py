@@ -9,12 +9,13 @@ input's dtype and device on the fly, so one target serves float32 and float64, C
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import integrate
+from scipy import integrate, optimize
 from torch import Tensor, nn
 
 __all__ = [
@@ -47,11 +48,15 @@ class Target(nn.Module):
         box: ``(lower, upper)``, float64 tensors of shape ``(d,)`` that bound the collocation box.
         stddevs: exact coordinate standard deviations, shape ``(d,)`` (``None`` when unknown).
         entropy: differential entropy of the normalized target (``None`` when unknown).
+        mode_weights: the exact probability of each mode, shape ``(K,)`` (``None`` when the
+            target does not split into known modes); :meth:`mode_of` tells which mode a point
+            is in. They feed the mode-coverage metrics (:func:`pdesampler.metrics.mode_coverage`).
     """
 
     dim: int
     log_Z: float | None = None  # noqa: N815 (the papers' name)
     entropy: float | None = None
+    mode_weights: Tensor | None = None
 
     def __init__(self, dim: int, box: tuple[Tensor, Tensor]) -> None:
         super().__init__()
@@ -81,6 +86,10 @@ class Target(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact samples of the normalized target, float64 on the CPU, shape ``(n, d)``."""
         raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        """The index in ``mode_weights`` of the mode each row of ``x`` ``(N, d)`` is in, ``(N,)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its modes")
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, log_Z={self.log_Z}"
@@ -231,12 +240,26 @@ class GaussianMixture(Target):
     def num_components(self) -> int:
         return self.means.shape[0]
 
-    def _log_prob(self, x: Tensor) -> Tensor:
+    def _log_components(self, x: Tensor) -> Tensor:
+        """:math:`\\log w_k + \\log\\mathcal{N}(x; m_k, \\mathrm{diag}(s_k^2))`, shape ``(N, K)``."""
         means, stds, log_w = self.means.to(x), self.stds.to(x), self.log_weights.to(x)
         z = (x.unsqueeze(-2) - means) / stds  # (N, K, d)
         log_norm = 0.5 * self.dim * math.log(2 * math.pi) + stds.log().sum(-1)  # (K,)
-        log_comp = -0.5 * (z * z).sum(-1) - log_norm + log_w
-        return torch.logsumexp(log_comp, dim=-1) + self.log_Z
+        return -0.5 * (z * z).sum(-1) - log_norm + log_w
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        return torch.logsumexp(self._log_components(x), dim=-1) + self.log_Z
+
+    @property
+    def mode_weights(self) -> Tensor:  # type: ignore[override]
+        """The component weights :math:`w_k`: one mode per component."""
+        return self.log_weights.to("cpu", torch.float64).exp()
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        """The component most likely to have drawn each point: :math:`\\arg\\max_k` of
+        :math:`w_k\\,\\mathcal{N}(x; m_k, \\mathrm{diag}(s_k^2))`."""
+        self.check_input(x)
+        return self._log_components(x).argmax(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         means, stds = (b.to("cpu", torch.float64) for b in (self.means, self.stds))
@@ -343,6 +366,10 @@ class _Density1D:
     1e-4), that CDF is within 1e-8 of the exact one for the wells here (checked against a
     cumulative Simpson rule on 2**20 points), far below what any sample size can resolve.
 
+    The modes of the density are its wells: ``splits`` are the local minima of :math:`f` between
+    them (grid points refined by a bounded scalar minimization), and ``segment_masses`` the exact
+    probability of each segment between consecutive splits (by the same quadrature).
+
     Args:
         log_density: :math:`f`, a vectorized NumPy function.
         search: an interval that must contain the mass (an error is raised otherwise).
@@ -367,13 +394,25 @@ class _Density1D:
         self.a, self.b = float(coarse[inside[0] - 1]), float(coarse[inside[-1] + 1])
         is_mode = (f[1:-1] >= f[:-2]) & (f[1:-1] >= f[2:])
         modes = [float(x) for x in coarse[1:-1][is_mode]]
+        step = float(coarse[1] - coarse[0])
+        splits = [
+            optimize.minimize_scalar(
+                lambda x: float(log_density(np.float64(x))),
+                bounds=(c - step, c + step),
+                method="bounded",
+                options={"xatol": 1e-10},
+            ).x
+            for c, is_min in zip(coarse[1:-1], (f[1:-1] < f[:-2]) & (f[1:-1] < f[2:]), strict=True)
+            if is_min and self.a < c < self.b
+        ]
 
-        def integral(g: Callable[[float], float]) -> float:
+        def integral(g: Callable[[float], float], lo: float = self.a, hi: float = self.b) -> float:
             def integrand(x: float) -> float:
                 return g(x) * math.exp(float(log_density(np.float64(x))) - self.f_max)
 
+            inner = [m for m in modes if lo < m < hi] or None
             value, _ = integrate.quad(
-                integrand, self.a, self.b, points=modes, epsabs=1e-14, epsrel=1e-12, limit=200
+                integrand, lo, hi, points=inner, epsabs=1e-14, epsrel=1e-12, limit=200
             )
             return value
 
@@ -382,6 +421,12 @@ class _Density1D:
         self.mean = integral(lambda x: x) / z
         self.std = math.sqrt(integral(lambda x: (x - self.mean) ** 2) / z)
         self.entropy = self.log_Z - integral(lambda x: float(log_density(np.float64(x)))) / z
+        edges = [self.a, *splits, self.b]
+        self.splits = torch.tensor(splits, dtype=torch.float64)
+        self.segment_masses = torch.tensor(
+            [integral(lambda x: 1.0, lo, hi) / z for lo, hi in itertools.pairwise(edges)],
+            dtype=torch.float64,
+        )
 
         grid = np.linspace(self.a, self.b, grid_size)
         p = np.exp(log_density(grid) - self.f_max)
@@ -401,6 +446,21 @@ class _Density1D:
         x0, x1 = self.grid[idx - 1], self.grid[idx]
         frac = ((u - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0.0, 1.0)
         return x0 + frac * (x1 - x0)
+
+    def product_mode_of(self, x: Tensor) -> Tensor:
+        """The mode of ``(N, m)`` independent coordinates of this density: with :math:`s_j` the
+        segment coordinate ``j`` is in, the index :math:`\\sum_j s_j K^j` (``K`` segments)."""
+        segment = torch.searchsorted(self.splits.to(x), x.contiguous())
+        radix = len(self.segment_masses) ** torch.arange(x.shape[-1], device=x.device)
+        return (segment * radix).sum(-1)
+
+    def product_mode_weights(self, m: int) -> Tensor:
+        """The probability of each mode of ``m`` independent coordinates, indexed as in
+        :meth:`product_mode_of`: the product of their segments' masses, shape ``(K^m,)``."""
+        weights = torch.ones(1, dtype=torch.float64)
+        for _ in range(m):
+            weights = (self.segment_masses[:, None] * weights[None, :]).reshape(-1)
+        return weights
 
     def interval(self, rel: float) -> tuple[float, float]:
         """The smallest grid interval outside of which :math:`p < ` ``rel`` :math:`\\max p`."""
@@ -449,6 +509,13 @@ class ManyWell(Target):
         self.log_Z = self.m * self.well.log_Z + 0.5 * n_gauss * math.log(2 * math.pi)
         self.stddevs = torch.tensor([self.well.std] * self.m + [1.0] * n_gauss, dtype=torch.float64)
         self.entropy = self.m * self.well.entropy + 0.5 * n_gauss * (1 + math.log(2 * math.pi))
+        self.mode_weights = self.well.product_mode_weights(self.m)
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        """The mode: which well each double-well coordinate is in (``2^m`` modes of equal
+        weight; the wells split at 0)."""
+        self.check_input(x)
+        return self.well.product_mode_of(x[:, : self.m])
 
     def _log_prob(self, x: Tensor) -> Tensor:
         wells, gauss = x[:, : self.m], x[:, self.m :]
@@ -495,6 +562,13 @@ class FabManyWell(Target):
         self.stddevs = torch.tensor([self.well.std, 1.0] * pairs, dtype=torch.float64)
         self.entropy_pair = self.well.entropy + 0.5 * (1 + math.log(2 * math.pi))
         self.entropy = pairs * self.entropy_pair
+        self.mode_weights = self.well.product_mode_weights(pairs)
+
+    def mode_of(self, x: Tensor) -> Tensor:
+        """The mode: which well each :math:`x_{2i}` is in (``2^{d/2}`` modes; the wells split
+        at the barrier :math:`x_1 \\approx -0.042`, the deep one holding 0.8443 of the mass)."""
+        self.check_input(x)
+        return self.well.product_mode_of(x[:, 0::2])
 
     def _log_prob(self, x: Tensor) -> Tensor:
         x1, x2 = x[:, 0::2], x[:, 1::2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pdesampler import evaluate, losses, metrics, plots
-from pdesampler.targets import Gaussian
+from pdesampler.targets import Gaussian, GaussianMixture
 
 evaluate_module = importlib.import_module("pdesampler.evaluate")  # the name is also a function
 
@@ -119,3 +119,25 @@ def test_failed_sde_samples_do_not_zero_the_flow_weights(monkeypatch):
     clean = metrics.importance_summary(report.output.log_weights(residual.target).double())
     assert m["ess"] == pytest.approx(clean["ess"], rel=1e-12) and math.isfinite(m["dlogZ"])
     assert math.isfinite(m["w2"]) and math.isfinite(m["dstd"])
+
+
+def test_mode_metrics_from_the_targets_modes():
+    """A mixture reports its mode coverage, recomputable from the samples; a target without
+    modes gives null with the reason."""
+    torch.manual_seed(0)
+    target = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 1.0, weights=[0.7, 0.3])
+    residual = losses.logce(target, net={"width": 8, "depth": 1})
+    report = evaluate(residual, n_samples=300, steps=4, nll=False, sinkhorn_max_samples=100)
+    m = report.metrics
+    expected = metrics.mode_coverage(
+        target.mode_of(report.output.samples.double()),
+        target.mode_weights,
+        target.mode_of(report.reference),
+    )
+    assert {k: m[k] for k in expected} == expected
+    assert m["n_modes"] == 2 and m["modes_covered_ref"] == 2 and 0 <= m["mode_tv"] <= 1
+    residual = losses.logce(Gaussian(mean=0.0, std=1.0, dim=2), net={"width": 8, "depth": 1})
+    m = evaluate(residual, n_samples=50, steps=2, nll=False, sinkhorn_max_samples=50).metrics
+    assert (
+        m["mode_tv"] is None and m["skipped"]["mode_tv"] == "the target does not define its modes"
+    )

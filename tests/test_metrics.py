@@ -325,3 +325,43 @@ def test_importance_summary_failed_mask_and_all_failed():
     every = metrics.importance_summary(torch.tensor([math.nan, math.inf, -math.inf]))
     assert every["ess"] == 0.0 and every["log_Z_is"] == -math.inf
     assert every["log_Z_lb"] == -math.inf and every["n_nonfinite_samples"] == 3
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_mode_coverage_by_hand():
+    weights = torch.tensor([0.5, 0.25, 0.25], dtype=F64)
+    m = metrics.mode_coverage(torch.tensor([0, 0, 0, 1]), weights, torch.tensor([0, 1, 2, 0]))
+    assert m["n_modes"] == 3 and m["modes_covered"] == 2 and m["modes_covered_ref"] == 3
+    assert m["mode_tv"] == pytest.approx(0.25)  # (0.25 + 0 + 0.25) / 2
+    assert m["mode_tv_floor"] == pytest.approx(0.0)
+    assert m["modes_missed"] == 0  # no mode expects 10 of 4 samples
+    m = metrics.mode_coverage(torch.zeros(40, dtype=torch.long), weights)
+    assert m["modes_missed"] == 2 and m["mode_tv"] == pytest.approx(0.5)  # 40 x 0.25 = 10
+    assert m["mode_tv_floor"] is None and m["modes_covered_ref"] is None
+
+
+def test_mode_tv_floor_matches_its_binomial_approximation():
+    """Exact draws of 40 equal modes: mean TV close to sum_k sqrt(w_k (1 - w_k) / (2 pi N))."""
+    weights = torch.full((40,), 1 / 40, dtype=F64)
+    n, g = 10_000, gen(0)
+    tvs = [
+        metrics.mode_coverage(torch.multinomial(weights, n, True, generator=g), weights)["mode_tv"]
+        for _ in range(200)
+    ]
+    approx = float((weights * (1 - weights) / (2 * math.pi * n)).sqrt().sum())
+    assert np.mean(tvs) == pytest.approx(approx, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "modes, weights, message",
+    [
+        (torch.tensor([0, 3]), torch.tensor([0.5, 0.5]), r"lie in \[0, 2\)"),
+        (torch.tensor([0, 1]), torch.tensor([0.5, 0.4]), "sum to 1"),
+        (torch.zeros(0, dtype=torch.long), torch.tensor([1.0]), "N >= 1"),
+    ],
+)
+def test_mode_coverage_rejects_bad_input(modes, weights, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.mode_coverage(modes, weights)

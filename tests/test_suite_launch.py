@@ -124,6 +124,8 @@ def test_each_table_row_states_its_budget() -> None:
     )
     assert lines[3] == "| MW 5/5/4 | logce | 150 s, 3001 steps | 0.9500 |"
     assert lines[4] == "| MW 5/5/4 | killed | - | - |"
+    row = {"problem": "GMM-40", "method": "gradflow", "modes_covered": 38, "n_modes": 40}
+    assert table_markdown([row], ["modes_covered"]).splitlines()[2].endswith("| 38 of 40 |")
 
 
 def test_several_seeds_give_mean_and_sd_per_metric(tmp_path: Path) -> None:
@@ -134,6 +136,7 @@ def test_several_seeds_give_mean_and_sd_per_metric(tmp_path: Path) -> None:
         run_dir = tmp_path / f"logce-seed{seed}"
         run_dir.mkdir()
         metrics = {"ess": ess, "steps": steps, "gn_steps": 0, "train_seconds": 150.0, "nll": nll}
+        metrics.update(n_modes=9, modes_covered=9 - seed)
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (row,) = collect(cfg.suite, tmp_path)
     assert (row["run"], row["dir"], row["seeds"]) == ("logce", "logce-seed0", [0, 2])
@@ -143,6 +146,9 @@ def test_several_seeds_give_mean_and_sd_per_metric(tmp_path: Path) -> None:
     assert [r["ess"] for r in row["per_seed"]] == [0.2, 0.6]
     (line,) = table_markdown([row], ["ess"]).splitlines()[2:]
     assert line == "| GMM d=2 | logce | 150 s, 102 steps (mean of 2 seeds) | 0.4000 ± 0.2828 |"
+    assert row["n_modes"] == 9 and isinstance(row["n_modes"], int)  # a count, rounded
+    (line,) = table_markdown([row], ["modes_covered"]).splitlines()[2:]
+    assert line.endswith("| 8.0000 ± 1.4142 of 9 |")
 
 
 def test_suite_seeds_run_each_row_once_per_seed(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from scipy import integrate, special, stats
+from scipy import integrate, optimize, special, stats
 from torch.func import grad, jacfwd, vmap
 
 from pdesampler.targets import (
@@ -476,3 +476,45 @@ def test_tail_exponent() -> None:
     for target in (ManyWell(5, 5, 4.0), ManyWell(50, 5, 2.0), FabManyWell(8)):
         assert tail_exponent(target) == pytest.approx(4.0, abs=0.05)
     assert math.isnan(tail_exponent(_Compact()))
+
+
+# ----------------------------------------------------------------------------- modes
+def test_mixture_modes_are_its_components():
+    target = GaussianMixture([[0.0], [2.0]], 1.0, weights=[0.9, 0.1])
+    torch.testing.assert_close(target.mode_weights, torch.tensor([0.9, 0.1], dtype=torch.float64))
+    # posterior argmax: log 0.9 - x^2 / 2 = log 0.1 - (x - 2)^2 / 2 at x = 1 + log(9) / 2
+    boundary = 1 + math.log(9) / 2
+    x = torch.tensor([[-3.0], [boundary - 1e-6], [boundary + 1e-6], [9.0]], dtype=torch.float64)
+    assert target.mode_of(x).tolist() == [0, 0, 1, 1]
+    gmm40 = GMM40()
+    assert gmm40.mode_of(gmm40.means).tolist() == list(range(40))
+
+
+def test_many_well_modes_are_the_sign_patterns():
+    target = ManyWell(5, 5, 4)
+    assert abs(float(target.well.splits[0])) < 1e-6 and len(target.well.splits) == 1
+    torch.testing.assert_close(target.mode_weights, torch.full((32,), 1 / 32, dtype=torch.float64))
+    signs = torch.tensor([[1, -1, -1, 1, 1], [-1, -1, -1, -1, -1]], dtype=torch.float64)
+    assert target.mode_of(2 * signs).tolist() == [1 + 8 + 16, 0]  # sum_j [x_j > 0] 2^j
+    assert ManyWell(3, 0, 2.0).mode_weights.tolist() == [1.0]  # no double well: one mode
+
+
+def test_fab_many_well_modes_split_at_the_barrier():
+    target = FabManyWell(8)
+    barrier = optimize.brentq(lambda x: 4 * x**3 - 12 * x - 0.5, -1.0, 1.0)  # f'(x) = 0
+    assert abs(float(target.well.splits[0]) - barrier) < 1e-7
+    z1 = quad_1d(fab_f, FAB_MODES)[0]
+    p_deep = integrate.quad(lambda x: math.exp(fab_f(x)), barrier, 8.0)[0] / z1
+    torch.testing.assert_close(
+        target.well.segment_masses, torch.tensor([1 - p_deep, p_deep], dtype=torch.float64)
+    )
+    assert abs(p_deep - 0.8443) < 2e-4  # the deep well, a hair wider than x1 > 0
+    # pair i in its deep well adds 2^i; the weights follow the same order
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    x[0, 0::2] = torch.tensor([1.7, -1.7, -1.7, 1.7], dtype=torch.float64)
+    assert target.mode_of(x).tolist() == [1 + 8]
+    assert float(target.mode_weights[9]) == pytest.approx(p_deep**2 * (1 - p_deep) ** 2, rel=1e-12)
+    samples = target.sample(40_000, torch.Generator().manual_seed(3))
+    freq = torch.bincount(target.mode_of(samples), minlength=16).double() / 40_000
+    sd = (target.mode_weights * (1 - target.mode_weights) / 40_000).sqrt()
+    assert ((freq - target.mode_weights).abs() < 5 * sd).all()
