@@ -353,6 +353,10 @@ class GMM40(GaussianMixture):
 # ----------------------------------------------------------------------------- double wells
 
 
+#: The most modes a well product lists weights for (FabManyWell(32) has 2^16).
+MAX_MODES = 2**20
+
+
 class _Density1D:
     """A 1-D density :math:`p(x) \\propto e^{f(x)}` handled by quadrature and a grid inverse CDF.
 
@@ -454,9 +458,12 @@ class _Density1D:
         radix = len(self.segment_masses) ** torch.arange(x.shape[-1], device=x.device)
         return (segment * radix).sum(-1)
 
-    def product_mode_weights(self, m: int) -> Tensor:
+    def product_mode_weights(self, m: int) -> Tensor | None:
         """The probability of each mode of ``m`` independent coordinates, indexed as in
-        :meth:`product_mode_of`: the product of their segments' masses, shape ``(K^m,)``."""
+        :meth:`product_mode_of`: the product of their segments' masses, shape ``(K^m,)``;
+        ``None`` beyond ``MAX_MODES`` modes."""
+        if len(self.segment_masses) ** m > MAX_MODES:
+            return None
         weights = torch.ones(1, dtype=torch.float64)
         for _ in range(m):
             weights = (self.segment_masses[:, None] * weights[None, :]).reshape(-1)

@@ -518,3 +518,8 @@ def test_fab_many_well_modes_split_at_the_barrier():
     freq = torch.bincount(target.mode_of(samples), minlength=16).double() / 40_000
     sd = (target.mode_weights * (1 - target.mode_weights) / 40_000).sqrt()
     assert ((freq - target.mode_weights).abs() < 5 * sd).all()
+
+
+def test_a_well_product_with_too_many_modes_lists_no_weights():
+    assert FabManyWell(2 * 20).mode_weights.shape == (2**20,)
+    assert FabManyWell(2 * 21).mode_weights is None  # 2^21 > MAX_MODES: mode coverage skipped
