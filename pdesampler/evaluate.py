@@ -172,7 +172,8 @@ def _mode_metrics(
     """:func:`metrics.mode_coverage` of the model samples (and the exact ones), or ``None``
     entries with the reason in ``skipped``."""
     weights = getattr(target, "mode_weights", None)
-    keys = ("n_modes", "modes_covered", "modes_missed", "mode_tv", "modes_covered_ref")
+    keys = ("n_modes", "modes_covered", "modes_missed", "mode_tv", "modes_covered_ref",
+            "mode_tv_floor")  # fmt: skip
     reason = None
     if weights is None:
         reason = "the target does not define its modes"
@@ -180,7 +181,7 @@ def _mode_metrics(
         reason = "every model sample is NaN/Inf"
     if reason is not None:
         skipped.update(dict.fromkeys(("modes_covered", "mode_tv"), reason))
-        return dict.fromkeys((*keys, "mode_tv_floor"))
+        return dict.fromkeys(keys)
     ref_modes = None if reference is None else target.mode_of(reference.to(x))
     return metrics.mode_coverage(target.mode_of(x), weights, ref_modes)
 

@@ -423,25 +423,25 @@ def mode_coverage(
     if weights.dim() != 1 or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
         raise ValueError(f"mode weights must have shape (K,) and sum to 1, got {weights}")
 
-    def counts(modes: Tensor) -> Tensor:
+    def covered_and_tv(modes: Tensor) -> tuple[Tensor, int, float]:
         modes = torch.as_tensor(modes).detach().to("cpu").long()
         if modes.dim() != 1 or modes.numel() == 0:
             raise ValueError(f"mode indices must have shape (N,), N >= 1, got {tuple(modes.shape)}")
         if modes.min() < 0 or modes.max() >= len(weights):
             raise ValueError(f"mode indices must lie in [0, {len(weights)})")
-        return torch.bincount(modes, minlength=len(weights)).to(torch.float64)
+        n_k = torch.bincount(modes, minlength=len(weights)).to(torch.float64)
+        tv = float(0.5 * (n_k / n_k.sum() - weights).abs().sum())
+        return n_k, int((n_k > 0).sum()), tv
 
-    n_k = counts(model_modes)
-    out: dict[str, float | int | None] = {
-        "n_modes": len(weights),
-        "modes_covered": int((n_k > 0).sum()),
-        "modes_missed": int(((n_k == 0) & (n_k.sum() * weights >= 10)).sum()),
-        "mode_tv": float(0.5 * (n_k / n_k.sum() - weights).abs().sum()),
-        "modes_covered_ref": None,
-        "mode_tv_floor": None,
-    }
+    n_k, covered, tv = covered_and_tv(model_modes)
+    covered_ref, tv_ref = (None, None)
     if reference_modes is not None:
-        ref_k = counts(reference_modes)
-        out["modes_covered_ref"] = int((ref_k > 0).sum())
-        out["mode_tv_floor"] = float(0.5 * (ref_k / ref_k.sum() - weights).abs().sum())
-    return out
+        _, covered_ref, tv_ref = covered_and_tv(reference_modes)
+    return {
+        "n_modes": len(weights),
+        "modes_covered": covered,
+        "modes_missed": int(((n_k == 0) & (n_k.sum() * weights >= 10)).sum()),
+        "mode_tv": tv,
+        "modes_covered_ref": covered_ref,
+        "mode_tv_floor": tv_ref,
+    }
