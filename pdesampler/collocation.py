@@ -321,7 +321,8 @@ def make_collocation(
 
     ``box`` and ``trajectory_cache`` use :func:`collocation_target_box` and :func:`prior_box`
     (``prior_box_width``: prior standard deviations, or ``"auto"``); ``ou`` uses
-    :func:`collocation_target_box`; ``options`` go to the sampler.
+    :func:`collocation_target_box`; ``options`` go to the sampler. The cache draws its other
+    points from the box, or from the OU points where those are the loss's own (gradflow).
     """
     if kind == "default":
         kind = residual.default_collocation
@@ -333,6 +334,9 @@ def make_collocation(
         sampler: CollocationSampler = OUSampler(target_box, generator, dtype, device, **options)
     elif kind == "trajectory":
         sampler = TrajectorySampler(generator, dtype, device, **options)
+    elif kind == "trajectory_cache" and residual.default_collocation == "ou":
+        # the gradient flow's cache mixes its paths with the loss's own OU points, not the box
+        sampler = TrajectoryCache(OUSampler(target_box, generator, dtype, device), **options)
     else:
         dyn = residual.dynamics()
         start = prior_box(dyn.prior.mean.detach(), dyn.prior.stddevs, target_box, prior_box_width)

@@ -1,5 +1,5 @@
 """Collocation samplers: the gradient flow's OU points (SPEC 4.3), the trajectory sampler's
-spread, and the option check of make_collocation."""
+spread, the trajectory cache's other points, and the option check of make_collocation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import dataclasses
 
 import torch
 
-from pdesampler.collocation import OUSampler, TrajectorySampler, make_collocation
-from pdesampler.losses import learned, linear, logce
+from pdesampler.collocation import (
+    BoxSampler,
+    OUSampler,
+    TrajectorySampler,
+    make_collocation,
+)
+from pdesampler.losses import gradflow, learned, linear, logce
 from pdesampler.losses.parts import LinearBeta
 from pdesampler.targets import Gaussian
 
@@ -84,3 +89,22 @@ def test_an_option_the_sampler_does_not_take_is_named() -> None:
         else:
             raise AssertionError(f"{kind} accepted {option}")
     assert make_collocation("default", learned(target), torch.Generator(), spread=2.0).spread == 2
+
+
+def test_the_cache_mixes_its_paths_with_the_losss_own_uniform_points() -> None:
+    """The gradient flow's cache draws its other points from the OU interpolation (its own
+    sampler), logCE's from the box; the cached half lies on the paths' ``n_times`` grid."""
+    target = Gaussian(mean=1.0, std=0.5, dim=2)
+    options = {"n_trajectories": 40, "n_times": 11, "every": 10, "fraction": 0.5}
+    for residual, base in ((gradflow(target), OUSampler), (logce(target), BoxSampler)):
+        generator = torch.Generator().manual_seed(0)
+        cache = make_collocation(
+            "trajectory_cache", residual.double(), generator, dtype=torch.float64, **options
+        )
+        assert type(cache.base) is base
+        cache.update(0)
+        grid = cache.cache[1].unique()
+        assert grid.numel() == 11
+        x, t = cache(1000)
+        on_grid = (t[:, None] - grid).abs().min(-1).values < 1e-12
+        assert x.shape == (1000, 2) and on_grid.sum() == 500
