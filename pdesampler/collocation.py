@@ -330,13 +330,16 @@ def make_collocation(
         raise ValueError(f"unknown collocation {kind!r}; available: default, {', '.join(SAMPLERS)}")
     _check_options(kind, options)
     target_box = collocation_target_box(residual.target)
+    schedule = _ou_schedule(residual)
     if kind == "ou":
-        sampler: CollocationSampler = OUSampler(target_box, generator, dtype, device, **options)
+        ou_options = {**schedule, **options}
+        sampler: CollocationSampler = OUSampler(target_box, generator, dtype, device, **ou_options)
     elif kind == "trajectory":
         sampler = TrajectorySampler(generator, dtype, device, **options)
     elif kind == "trajectory_cache" and residual.default_collocation == "ou":
         # the gradient flow's cache mixes its paths with the loss's own OU points, not the box
-        sampler = TrajectoryCache(OUSampler(target_box, generator, dtype, device), **options)
+        ou = OUSampler(target_box, generator, dtype, device, **schedule)
+        sampler = TrajectoryCache(ou, **options)
     else:
         dyn = residual.dynamics()
         start = prior_box(dyn.prior.mean.detach(), dyn.prior.stddevs, target_box, prior_box_width)
@@ -344,6 +347,16 @@ def make_collocation(
         sampler = box if kind == "box" else TrajectoryCache(box, **options)
     sampler.bind(residual)
     return sampler
+
+
+def _ou_schedule(residual: Residual) -> dict[str, float]:
+    """The VP-SDE schedule of a gradient-flow residual (its drift's :class:`LinearBeta`), so that
+    the OU points follow the loss's own path (``loss.beta_max=10`` moves both); ``{}`` (the
+    sampler's defaults) for a residual without one."""
+    beta = getattr(getattr(residual, "drift", None), "beta", None)
+    if not isinstance(beta, LinearBeta):
+        return {}
+    return {"beta_min": beta.beta_min, "beta_max": beta.beta_max}
 
 
 def _check_options(kind: str, options: dict) -> None:

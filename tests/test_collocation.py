@@ -108,3 +108,19 @@ def test_the_cache_mixes_its_paths_with_the_losss_own_uniform_points() -> None:
         x, t = cache(1000)
         on_grid = (t[:, None] - grid).abs().min(-1).values < 1e-12
         assert x.shape == (1000, 2) and on_grid.sum() == 500
+
+
+def test_the_ou_points_follow_the_losss_own_schedule() -> None:
+    """gradflow(beta_max=10): the OU points are a_t u + s_t n with that loss's a_t, not the
+    default beta_max = 20's (at t = 1: a = 0.080 against 0.0066)."""
+    residual = gradflow(Gaussian(mean=1.0, std=0.5, dim=2), beta_max=10.0).double()
+    generator = torch.Generator().manual_seed(0)
+    sample = make_collocation("ou", residual, generator, dtype=torch.float64, t_min=0.9)
+    x, t = sample(200_000)
+    lo, hi = sample.lo, sample.hi
+    a = LinearBeta(0.1, 10.0).signal_scale(t)[:, None]
+    mean = a * (lo + hi) / 2
+    n = (x - mean) / (a**2 * (hi - lo) ** 2 / 12 + 1 - a**2).sqrt()
+    assert n.mean().abs() < 0.01 and (n.var() - 1).abs() < 0.01
+    cache = make_collocation("trajectory_cache", residual, generator, dtype=torch.float64)
+    assert cache.base.beta.beta_max == 10.0
