@@ -39,7 +39,10 @@ def main() -> None:
     residual = build(cfg, torch.device("cpu"), torch.float64)
     residual.load_state_dict(torch.load(args.run / "model.pt", map_location="cpu"))
     generator = torch.Generator().manual_seed(int(cfg.seed) + 1)
-    budget = log_weight_budget(residual, args.n, generator, args.steps)
+    try:
+        budget = log_weight_budget(residual, args.n, generator, args.steps)
+    except ValueError as err:  # not an ODE residual of the log-continuity form: one line
+        raise SystemExit(f"path_residual: {err}") from None
 
     gap = budget.sampled - budget.log_weights  # a constant where the identity holds
     metrics = args.run / "metrics.json"

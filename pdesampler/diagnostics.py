@@ -102,7 +102,7 @@ def log_weight_budget(
     times, paths = out.times, out.trajectory
     rows = []
     for t, x in zip(times.tolist(), paths, strict=True):
-        rows.append(residual.residuals(x, torch.full((n,), t, dtype=x.dtype)).pop("pde"))
+        rows.append(residual.residuals(x, torch.full((n,), t, dtype=x.dtype)).pop("pde").detach())
     value = vmap(residual.density)
     t_start = torch.full((n,), float(times[0]), dtype=paths.dtype)
     t_end = torch.full((n,), float(times[-1]), dtype=paths.dtype)
@@ -115,7 +115,7 @@ def log_weight_budget(
     )
     return LogWeightBudget(
         times,
-        torch.stack(rows).detach(),
+        torch.stack(rows),
         boundary.detach(),
         out.log_weights(residual.target).detach(),
     )
