@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pdesampler.diagnostics import ess_of, log_weight_budget
+from pdesampler.diagnostics import log_weight_budget
+from pdesampler.metrics import effective_sample_size
 from pdesampler.runner import build
 
 
@@ -48,8 +49,8 @@ def main() -> None:
     metrics = args.run / "metrics.json"
     own = OmegaConf.load(metrics).get("ess") if metrics.exists() else None
     print(
-        f"ESS of boundary + int r dt: {ess_of(budget.log_weights):.4f}; the sampler's on the same "
-        f"paths: {ess_of(budget.sampled):.4f} (difference: std {gap.std():.2g} about "
+        f"ESS of boundary + int r dt: {effective_sample_size(budget.log_weights):.4f}; the sampler's on the same "
+        f"paths: {effective_sample_size(budget.sampled):.4f} (difference: std {gap.std():.2g} about "
         f"{gap.mean():.4g}); the run's own ESS: {own}; boundary std {budget.boundary.std():.3g}"
     )
     print("| t window | ESS if r = 0 there | window's integral, q01 / median / q99 |")

@@ -29,15 +29,10 @@ from torch import Tensor
 from torch.func import vmap
 
 from pdesampler.losses.transport import TransportResidual
+from pdesampler.metrics import effective_sample_size
 from pdesampler.sampling import sample
 
-__all__ = ["LogWeightBudget", "ess_of", "log_weight_budget"]
-
-
-def ess_of(log_w: Tensor) -> float:
-    """The normalized effective sample size :math:`(\\sum w)^2 / (n \\sum w^2)`."""
-    w = torch.exp(log_w - log_w.max())
-    return float(w.mean() ** 2 / w.square().mean())
+__all__ = ["LogWeightBudget", "log_weight_budget"]
 
 
 @dataclass
@@ -75,7 +70,7 @@ class LogWeightBudget:
 
     def ess_without(self, lo: float, hi: float) -> float:
         """The ESS if the residual vanished on ``[lo, hi]`` (that window's part removed)."""
-        return ess_of(self.log_weights - self.window(lo, hi))
+        return effective_sample_size(self.log_weights - self.window(lo, hi))
 
 
 def log_weight_budget(
