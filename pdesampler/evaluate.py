@@ -72,7 +72,8 @@ def evaluate(
     the sample metrics; independent of the flow samples and their weights), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
     (:math:`|\\log Z_{ref} - \\mathrm{mean}\\log w|`), ``ess``, ``one_minus_ess``, ``w2``
     (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
-    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value), ``nll``
+    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value) and
+    ``energy_floor`` (the same between two exact sample sets), ``nll``
     (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
     solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
     ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
@@ -138,7 +139,7 @@ def evaluate(
         if x is not None:
             m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
     if x is None:
-        for key in ("cross_entropy", "dstd", "w2", "w2_floor", "energy_distance"):
+        for key in ("cross_entropy", "dstd", "w2", "w2_floor", "energy_distance", "energy_floor"):
             m[key], skipped[key] = None, "every model sample is NaN/Inf"
     elif stddevs is not None:
         m["dstd"] = float(metrics.delta_std(x, stddevs))
@@ -152,7 +153,7 @@ def evaluate(
             )
         )
     elif reference is None:
-        for key in ("w2", "w2_floor", "energy_distance", "nll"):
+        for key in ("w2", "w2_floor", "energy_distance", "energy_floor", "nll"):
             m[key] = None
             skipped[key] = "the target has no exact sampler"
     if reference is not None and nll and dynamics.flow_drift is None:
@@ -203,8 +204,9 @@ def _finite_rows(x: Tensor, bad_rows: Tensor, n_failed: int) -> Tensor | None:
 
 
 def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_batch) -> dict:
-    """W2 and energy distance to the exact samples; ``w2_floor`` is W2 between ``reference``
-    and a second, independent exact set of the same size: the estimator's value at perfection."""
+    """W2 and energy distance to the exact samples; ``w2_floor`` and ``energy_floor`` are the
+    same between ``reference`` and a second, independent exact set of the same size: the
+    estimators' values at perfection (both are positive for two finite sample sets)."""
     second = target.sample(reference.shape[0], generator).to(reference.device)
     w2 = lambda a, b: metrics.sinkhorn_w2(
         a, b, blur=blur, max_samples=max_samples, generator=generator
@@ -213,6 +215,7 @@ def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_b
         "w2": w2(x, reference),
         "w2_floor": w2(second, reference),
         "energy_distance": metrics.energy_distance(x, reference, batch_size=energy_batch),
+        "energy_floor": metrics.energy_distance(second, reference, batch_size=energy_batch),
         "sinkhorn_max_samples": max_samples,
     }
 

@@ -33,10 +33,10 @@ from pdesampler.runner import METRICS_FILE, density_2d, is_complete, write_json,
 __all__ = ["collect", "run_dir_name", "run_suite", "suite_seeds", "table_markdown"]
 
 TABLE_METRICS = (
-    "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance", "nll",
-    "cross_entropy", "modes_covered", "n_modes", "modes_missed", "mode_tv", "mode_tv_floor",
-    "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps", "gn_steps",
-    "train_seconds",
+    "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance",
+    "energy_floor", "nll", "cross_entropy", "modes_covered", "n_modes", "modes_missed", "mode_tv",
+    "mode_tv_floor", "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps",
+    "gn_steps", "train_seconds",
 )  # fmt: skip
 SUMMARY_METRICS = ("dlogZ", "w2", "ess", "dstd", "energy_distance", "nll")
 _COUNTS = ("steps", "gn_steps", "n_modes")  # averaged over seeds, then rounded

@@ -141,3 +141,16 @@ def test_mode_metrics_from_the_targets_modes():
     assert (
         m["mode_tv"] is None and m["skipped"]["mode_tv"] == "the target does not define its modes"
     )
+
+
+def test_energy_floor_is_the_distance_between_two_exact_sets():
+    """``energy_floor`` is geomloss's energy distance between two exact sample sets: for
+    N(1, 0.5^2 I_2) its mean is E|X-X'| / n = 0.5 sqrt(pi) / n (SPEC 6; ``metrics``), far below an
+    untrained model's distance (its samples are about N(0, I), a unit shift away)."""
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    n = 1000
+    m = evaluate(residual, n_samples=n, steps=4, nll=False, sinkhorn_max_samples=100).metrics
+    expected = 0.5 * math.sqrt(math.pi) / n
+    assert expected / 4 < m["energy_floor"] < 3 * expected
+    assert m["energy_distance"] > 20 * m["energy_floor"]
