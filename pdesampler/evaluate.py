@@ -139,7 +139,7 @@ def evaluate(
         if x is not None:
             m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
     if x is None:
-        for key in ("cross_entropy", "dstd", "w2", "w2_floor", "energy_distance", "energy_floor"):
+        for key in ("cross_entropy", "dstd", *_SAMPLE_METRICS):
             m[key], skipped[key] = None, "every model sample is NaN/Inf"
     elif stddevs is not None:
         m["dstd"] = float(metrics.delta_std(x, stddevs))
@@ -153,7 +153,7 @@ def evaluate(
             )
         )
     elif reference is None:
-        for key in ("w2", "w2_floor", "energy_distance", "energy_floor", "nll"):
+        for key in (*_SAMPLE_METRICS, "nll"):
             m[key] = None
             skipped[key] = "the target has no exact sampler"
     if reference is not None and nll and dynamics.flow_drift is None:
@@ -201,6 +201,10 @@ def _finite_rows(x: Tensor, bad_rows: Tensor, n_failed: int) -> Tensor | None:
             int(bad_rows.sum()),
         )
     return x[~bad_rows] if int((~bad_rows).sum()) >= 2 else None
+
+
+#: The keys :func:`_sample_metrics` fills (null, with the reason, when it cannot run).
+_SAMPLE_METRICS = ("w2", "w2_floor", "energy_distance", "energy_floor")
 
 
 def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_batch) -> dict:
