@@ -48,10 +48,12 @@ def main() -> None:
     gap = budget.sampled - budget.log_weights  # a constant where the identity holds
     metrics = args.run / "metrics.json"
     own = OmegaConf.load(metrics).get("ess") if metrics.exists() else None
+    ess_budget = effective_sample_size(budget.log_weights)
+    ess_sampled = effective_sample_size(budget.sampled)
     print(
-        f"ESS of boundary + int r dt: {effective_sample_size(budget.log_weights):.4f}; the sampler's on the same "
-        f"paths: {effective_sample_size(budget.sampled):.4f} (difference: std {gap.std():.2g} about "
-        f"{gap.mean():.4g}); the run's own ESS: {own}; boundary std {budget.boundary.std():.3g}"
+        f"ESS of boundary + int r dt: {ess_budget:.4f}; the sampler's on the same paths: "
+        f"{ess_sampled:.4f} (difference: std {gap.std():.2g} about {gap.mean():.4g}); the run's "
+        f"own ESS: {own}; boundary std {budget.boundary.std():.3g}"
     )
     print("| t window | ESS if r = 0 there | window's integral, q01 / median / q99 |")
     print("|---|---|---|")
