@@ -9,7 +9,7 @@ seed, for ``--arm-seconds`` more in each arm:
 
 - ``adam``: continued Adam, one run per learning rate of ``--adam-lrs`` (decayed 30x over the
   arm); the arm reported is the one with the lowest 1 - ESS;
-- ``gn``: the Gauss-Newton of issue 5 (Woodbury at N = 1024, Levenberg-Marquardt damping,
+- ``gn``: the line-search Gauss-Newton of optim=adam_gn_lm (Woodbury at N = 1024, Levenberg-Marquardt damping,
   fresh-batch grid line search);
 - ``spring``: SPRING (momentum Gauss-Newton, fixed capped step, fresh batch per step);
 - ``hfgn``: Hessian-free Gauss-Newton (matrix-free CG at large N, warm start 0.95, CG cap,
@@ -37,6 +37,7 @@ import statistics
 import time
 from pathlib import Path
 
+import from_scratch
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -107,7 +108,7 @@ def collocation(problem: dict, residual, seed: int):
 
 def fixed_batches(problem: dict, residual, n: int, seed: int) -> dict:
     """Two fixed scoring batches: from the training collocation at the plateau, and uniform on
-    the [S63] box with a +-5 prior box."""
+    the box of Sun et al. eq. (63) with a +-5 prior box."""
     sampler = collocation(problem, residual, seed)
     sampler.update(0)
     target = residual.target
@@ -127,7 +128,7 @@ def batch_losses(residual, batches: dict) -> dict:
 
 
 def sample_metrics(residual, n: int, seed: int, full: bool = True) -> dict:
-    """1 - ESS and the log-weights of ``n`` samples of the (probability-flow) ODE [S64]; with
+    """1 - ESS and the log-weights of ``n`` samples of the (probability-flow) ODE (Sun et al. eq. (64)); with
     ``full``, also dstd and W2 (Sinkhorn on 2000 points, :func:`metrics.sinkhorn_w2`) against
     exact samples."""
     generator = torch.Generator().manual_seed(seed)
@@ -399,9 +400,20 @@ def main() -> None:
     parser.add_argument("--plateau-only", action="store_true", help="train and save plateaus")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--from-scratch-only", action="store_true",
+                        help="only the from-scratch comparison against the best Adam")  # fmt: skip
+    parser.add_argument("--scratch-seconds", type=float, default=None,
+                        help="its total budget per run (default: SCRATCH_SECONDS)")  # fmt: skip
+    parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    parser.add_argument("--scratch-fractions", type=float, nargs="+", default=[0.33, 0.5],
+                        help="SPRING's shares of the budget")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2, help="from-scratch runs at a time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.from_scratch_only:
+        scratch_main(args)
+        return
 
     out = Path(args.out)
     report = {"settings": vars(args), "threads": torch.get_num_threads(), "arms": ARMS}
@@ -461,6 +473,34 @@ def main() -> None:
             arm.pop("state")
         report[name] = entry
         save(out, report, name)
+    print(f"wrote {out}")
+
+
+#: Total training seconds per run of the from-scratch comparison (one torch thread).
+SCRATCH_SECONDS = {"gmm9": 120.0, "mw5": 300.0, "gmm9_logfp": 120.0}
+
+
+def scratch_main(args) -> None:
+    """``--from-scratch-only``: :func:`from_scratch.compare` per problem, into
+    ``from_scratch.<problem>`` of ``--out``."""
+    out = Path(args.out)
+    for name in args.problems:
+        problem = PROBLEMS[name]
+        budget = args.scratch_seconds or SCRATCH_SECONDS[name]
+        entry = from_scratch.compare(name, problem["preset"], problem["loss"], budget, args)
+        merged = json.loads(out.read_text()) if out.exists() else {}
+        merged.setdefault("from_scratch", {})[name] = entry
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, merged)
+        a, g = entry["adam"], entry["adam_gn"]
+        print(
+            f"{name}, {budget:g} s from scratch: best Adam (lr {entry['adam_best_lr']:g}, "
+            f"bracketed: {entry['adam_lr_bracketed']}) 1-ESS {a['one_minus_ess']:.3e} dlogZ "
+            f"{a['dlogZ']:.2e}; Adam + SPRING ({entry['spring_best_time_fraction']:g} of the "
+            f"budget) 1-ESS {g['one_minus_ess']:.3e} dlogZ {g['dlogZ']:.2e}; ratio "
+            f"{entry['one_minus_ess_ratio']:.2f}x on {a['n_samples']} samples each",
+            flush=True,
+        )
     print(f"wrote {out}")
 
 

@@ -47,7 +47,7 @@ from pdesampler.runner import (
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
-# The goals of the hard-targets issue: budget in seconds, the methods raced (Hydra overrides on
+# The goals of the hard targets: budget in seconds, the methods raced (Hydra overrides on
 # top of the problem preset) and the thresholds. "nll_gap": forward NLL minus the entropy. The
 # MW 5/5/4 goal is logCE's (Adam alone, and Adam then SPRING: optim=adam_gn); its gradflow run
 # shows whether a trained gradient flow samples finitely.
@@ -62,7 +62,7 @@ GOALS = {
             "gradflow": ["loss=gradflow"],
         },
     },
-    # Not a goal of the issue: the fine-tuning preset's network-size check on GMM-9 (width 128
+    # Not one of the goals: the fine-tuning preset's network-size check on GMM-9 (width 128
     # with Adam against optim=adam_gn, which is width 64 with SPRING), next to the MW 5/5/4 one.
     "gmm9": {
         "label": "GMM-9", "seconds": 600, "goal": {"ess": 0.999, "dlogZ": 0.001},
@@ -70,8 +70,8 @@ GOALS = {
     },
     "fab_mw8": {
         "label": "ManyWell-8 (FAB)", "seconds": 900, "goal": {"ess": 0.9},
-        # The preset trains with one Hutchinson probe (trace: hutchinson). The runs of earlier
-        # sessions used the exact divergence: their results carry the suffix "_exact".
+        # The preset trains with one Hutchinson probe (trace: hutchinson). Earlier runs used the
+        # exact divergence: their results carry the suffix "_exact".
         "methods": {
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow", "logce")},
             "learned_exact": ["loss=learned", "trace.kind=exact"],  # d = 8 passes for div v
@@ -111,7 +111,7 @@ GOALS = {
     "gmm40": {
         "label": "GMM-40", "seconds": 900, "goal": {"ess": 0.5, "nll_gap": 0.2},
         "methods": {
-            # the preset's width 256 / depth 4: item 3's best at 10 000 steps (NLL gap 0.12)
+            # the preset's width 256 / depth 4: the best at 10 000 steps (NLL gap 0.12)
             **{m: [f"loss={m}"] for m in ("linear", "learned", "gradflow")},
             "learned_wide": ["loss=learned", "prior_std=20"],  # a prior as wide as the modes
             # the smaller networks the preset had before (results renamed with these suffixes)

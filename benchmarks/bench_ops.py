@@ -252,7 +252,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def goal_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goal: exact operators >= 2x faster than the autograd loop at d = 50. Ours are
+    """The goal: exact operators >= 2x faster than the autograd loop at d = 50. Ours are
     the generic ``ops`` (any function) and the networks' forward jet (what the residuals use for
     MLPs with exact traces)."""
     summary: dict[str, Any] = {"d": GOAL_DIM, "required_speedup": GOAL_SPEEDUP}

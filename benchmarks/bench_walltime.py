@@ -4,9 +4,9 @@
     python benchmarks/bench_walltime.py --budgets 30 60 --targets gmm9
 
 Each budget is its own run from the same seed (the learning rate decays over the budget, so a
-short run is not a prefix of a long one). The "plain" row repeats a first attempt the issue
-describes: an MLP of width 64 with box collocation, batch 1024, Adam, at 200 s. Prints a table
-and writes ``results/bench_walltime.json``.
+short run is not a prefix of a long one). The "plain" row repeats a first attempt: an MLP of
+width 64 with box collocation, batch 1024, Adam, at 200 s. Prints a table and writes
+``results/bench_walltime.json``.
 """
 
 from __future__ import annotations

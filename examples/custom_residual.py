@@ -1,17 +1,17 @@
-"""A custom residual and a custom target, written outside the package.
+r"""A custom residual and a custom target, written outside the package.
 
-``KineticLogCE`` is logCE [S8] plus a kinetic-energy penalty on the drift,
+``KineticLogCE`` is logCE (Sun et al. eq. (8)) plus a kinetic-energy penalty on the drift,
 
-.. math:: L = \\mathbb{E}\\big[\\mathcal{R}_{\\log CE}(\\mu, V)^2\\big]
-          + \\lambda\\,\\mathbb{E}\\big[|\\mu(x, t)|^2\\big],
+.. math:: L = \mathbb{E}\big[\mathcal{R}_{\log CE}(\mu, V)^2\big]
+          + \lambda\,\mathbb{E}\big[|\mu(x, t)|^2\big],
 
 which prefers slow, straight transport among the many drifts that solve the PDE. The interface's
-loss is :math:`\\sum_k w_k\\,\\mathrm{mean}(r_k^2)` over scalar terms, so the penalty enters as the
-``d`` terms :math:`r_{kin,i} = \\mu_i(x, t)`, each with weight :math:`\\lambda`: their sum of
-squares is exactly :math:`\\lambda|\\mu|^2`, smooth everywhere. A single term :math:`|\\mu|` would not
-be differentiable at :math:`\\mu = 0`, where the zero-initialized drift starts; smoothed as
-:math:`\\sqrt{|\\mu|^2 + \\epsilon}` it would be, but would still give Gauss-Newton a rank-one model
-of a rank-``d`` penalty (and add the constant :math:`\\lambda\\epsilon` to the loss).
+loss is :math:`\sum_k w_k\,\mathrm{mean}(r_k^2)` over scalar terms, so the penalty enters as the
+``d`` terms :math:`r_{kin,i} = \mu_i(x, t)`, each with weight :math:`\lambda`: their sum of
+squares is exactly :math:`\lambda|\mu|^2`, smooth everywhere. A single term :math:`|\mu|` would not
+be differentiable at :math:`\mu = 0`, where the zero-initialized drift starts; smoothed as
+:math:`\sqrt{|\mu|^2 + \epsilon}` it would be, but would still give Gauss-Newton a rank-one model
+of a rank-``d`` penalty (and add the constant :math:`\lambda\epsilon` to the loss).
 
 ``Ring`` is a density with ``log_prob``, ``dim`` and ``box`` only: no ``log_Z``, no exact sampler,
 no reference standard deviations. Evaluation reports the metrics that need them as ``None`` and
@@ -24,9 +24,9 @@ Run it (about 20-30 s on a 2-core CPU)::
 or through the Hydra entry point (the keys of the loss group, here ``loss=logce``'s ``net``,
 ``prior_std`` and ``T``, are passed to the class, so its signature accepts them)::
 
-    PYTHONPATH=examples python benchmarks/run.py loss._target_=custom_residual.KineticLogCE \\
+    PYTHONPATH=examples python benchmarks/run.py loss._target_=custom_residual.KineticLogCE \
         target._target_=custom_residual.Ring +loss.lam=0.1 optim=adam_gn
-    PYTHONPATH=examples python benchmarks/run.py 'hydra.searchpath=[file://examples/configs]' \\
+    PYTHONPATH=examples python benchmarks/run.py 'hydra.searchpath=[file://examples/configs]' \
         loss=kinetic_logce target=ring
 """
 

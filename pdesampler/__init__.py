@@ -6,7 +6,7 @@ The short API::
 
     target = targets.GMM9()
     residual = losses.logce(target)
-    train(residual, adam={"steps": 2000}, gn={"steps": 20})
+    train(residual, adam={"steps": 2000}, gn={"steps": 20})  # Adam, then SPRING
     print(evaluate(residual).metrics)
 """
 

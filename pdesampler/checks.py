@@ -19,6 +19,7 @@ __all__ = [
     "LOSS_FORM",
     "LOSS_FORMS",
     "NON_NEGATIVE_INT",
+    "NON_NEGATIVE_INT_OR_NONE",
     "POSITIVE",
     "POSITIVE_INT",
     "POSITIVE_INT_OR_NONE",
@@ -42,6 +43,10 @@ def _integer(value: Any) -> bool:
 
 POSITIVE_INT: Rule = ("a positive integer", lambda v: _integer(v) and v > 0)
 NON_NEGATIVE_INT: Rule = ("an integer >= 0", lambda v: _integer(v) and v >= 0)
+NON_NEGATIVE_INT_OR_NONE: Rule = (
+    "an integer >= 0 or null",
+    lambda v: v is None or NON_NEGATIVE_INT[1](v),
+)
 POSITIVE: Rule = ("a number > 0", lambda v: _number(v) and v > 0)
 POSITIVE_OR_NONE: Rule = ("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0))
 POSITIVE_INT_OR_NONE: Rule = (
@@ -64,7 +69,7 @@ RUN_RULES: dict[str, Rule] = {
     "prior_std": POSITIVE,
     "threads": POSITIVE_INT_OR_NONE,
     "trace.n_probes": POSITIVE_INT,
-    "optim.steps": NON_NEGATIVE_INT,
+    "optim.steps": NON_NEGATIVE_INT_OR_NONE,
     "optim.lr": POSITIVE,
     "optim.lr_final": POSITIVE,
     "optim.clip": POSITIVE_OR_NONE,
@@ -74,7 +79,10 @@ RUN_RULES: dict[str, Rule] = {
     "optim.loss_form": LOSS_FORM,
     "optim.temper_from": UNIT_POWER_OR_NONE,
     "optim.temper_until": FRACTION,
-    "optim.gn.steps": NON_NEGATIVE_INT,
+    "optim.warmup": FRACTION,
+    "optim.decay": FRACTION,
+    "eval.max_seconds": POSITIVE_OR_NONE,
+    "optim.gn.steps": NON_NEGATIVE_INT_OR_NONE,
     "optim.gn.batch_size": POSITIVE_INT,
     "optim.gn.time_fraction": FRACTION,
     "sampler.steps": POSITIVE_INT,

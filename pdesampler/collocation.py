@@ -5,10 +5,10 @@ A sampler is called with the batch size and returns ``(x, t)``: ``x`` of shape `
 current model get it through :meth:`CollocationSampler.bind` and refresh themselves in
 :meth:`CollocationSampler.update`, which the trainer calls before every step.
 
-* :class:`BoxSampler`: uniform on the box [S63] that interpolates the prior and target boxes.
+* :class:`BoxSampler`: uniform on the box of Sun et al. eq. (63) that interpolates the prior and target boxes.
 * :class:`TrajectoryCache`: Sun et al. Appendix D.1 / Table 4: every ``every`` steps simulate
   and cache ``n_trajectories`` trajectories, then mix cached points with uniform ones.
-* :class:`OUSampler`: gradient flow (SPEC 4.3): :math:`x_t = a_t u + s_t n`, ``u`` uniform on the
+* :class:`OUSampler`: gradient flow (Chemseddine et al. eq. (32)): :math:`x_t = a_t u + s_t n`, ``u`` uniform on the
   target box, ``n ~ N(0, I)``.
 * :class:`TrajectorySampler`: Máté & Fleuret: prior samples moved along the current velocity
   with one RK4 step between consecutive time points; all points of the path are used.
@@ -32,6 +32,7 @@ __all__ = [
     "BoxSampler",
     "CollocationSampler",
     "OUSampler",
+    "ResidualAdaptive",
     "TrajectoryCache",
     "TrajectorySampler",
     "collocation_target_box",
@@ -79,7 +80,7 @@ def _box(bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class BoxSampler(CollocationSampler):
-    """[S63]: :math:`t \\sim U[0, T]`, :math:`x \\sim U[\\underline\\Omega(t), \\overline\\Omega(t)]`
+    """Sun et al. eq. (63): :math:`t \\sim U[0, T]`, :math:`x \\sim U[\\underline\\Omega(t), \\overline\\Omega(t)]`
     with :math:`\\underline\\Omega(t) = (t/T)\\underline\\Omega_{target} + (1 - t/T)\\underline\\Omega_{prior}`
     (likewise the upper bound), componentwise. ``target_at_start`` swaps the ends (for a curve
     that runs from the target at ``t = 0``)."""
@@ -115,7 +116,7 @@ class BoxSampler(CollocationSampler):
 
 
 def collocation_target_box(target) -> tuple[Tensor, Tensor]:
-    """The target end of the [S63] box: the target's ``box``, and where it gives ``stddevs``
+    """The target end of the box of Sun et al. eq. (63): the target's ``box``, and where it gives ``stddevs``
     :math:`s`, no wider than :math:`c \\pm 5 s` around the box centre :math:`c`
     (``STDDEV_BOX_WIDTH``), so that a generous box does not spread the points where there is no
     mass."""
@@ -130,7 +131,7 @@ def collocation_target_box(target) -> tuple[Tensor, Tensor]:
 def prior_box(
     mean: Tensor, stddevs: Tensor, target_box: tuple[Tensor, Tensor], width: float | str = "auto"
 ) -> tuple[Tensor, Tensor]:
-    """The prior end of the [S63] box, componentwise.
+    """The prior end of the box of Sun et al. eq. (63), componentwise.
 
     A number ``w`` gives :math:`m \\pm w \\sigma`. ``"auto"`` derives it from the target's box
     :math:`[l, u]`: :math:`\\underline\\Omega_{prior} = \\min(m - 3\\sigma, \\max(m - 5\\sigma, l))`
@@ -225,8 +226,83 @@ class TrajectoryCache(CollocationSampler):
         return torch.cat([x, self.cache[0][idx]]), torch.cat([t, self.cache[1][idx]])
 
 
+class ResidualAdaptive(CollocationSampler):
+    r"""Residual-based adaptive distribution (RAD; Wu et al. 2023, "A comprehensive study of
+    non-adaptive and residual-based adaptive sampling for PINNs", and Sun et al. App. C).
+
+    Every ``every`` steps, ``pool`` points are drawn from ``base`` and given the probability
+
+    .. math:: p(x_i, t_i) \propto \frac{\varepsilon_i^k}{\mathrm{mean}_j\, \varepsilon_j^k} + c,
+        \qquad \varepsilon_i = \sum_m \alpha_m\, r_m(x_i, t_i)^2,
+
+    the residual's own weighted squared terms. A batch takes ``fraction`` of its points from
+    the pool, drawn with these probabilities, and the rest from ``base``: ``c`` keeps every
+    pool point in play, ``k`` sharpens the focus on large residuals.
+    """
+
+    def __init__(
+        self,
+        base: CollocationSampler,
+        pool: int = 8192,
+        every: int = 100,
+        k: float = 1.0,
+        c: float = 1.0,
+        fraction: float = 0.5,
+    ) -> None:
+        super().__init__(base.generator, base.dtype, base.device)
+        if not 0 <= fraction <= 1 or pool < 1 or every < 1 or k < 0 or c < 0:
+            raise ValueError(
+                f"rad needs pool >= 1, every >= 1, k >= 0, c >= 0 and fraction in [0, 1]; got "
+                f"pool={pool}, every={every}, k={k}, c={c}, fraction={fraction}"
+            )
+        self.base, self.pool, self.every = base, int(pool), int(every)
+        self.k, self.c, self.fraction = float(k), float(c), float(fraction)
+        self.points: tuple[Tensor, Tensor] | None = None
+        self.probabilities: Tensor | None = None
+
+    def bind(self, residual: Residual) -> None:
+        super().bind(residual)
+        self.base.bind(residual)
+
+    def update(self, step: int) -> None:
+        self.base.update(step)
+        if self.points is None or step % self.every == 0:
+            self.points, self.probabilities = self.refresh()
+
+    def refresh(self) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """A new pool and its RAD probabilities."""
+        if self.residual is None:
+            raise RuntimeError("rad needs bind(residual) before update()")
+        x, t = self.base(self.pool)
+        with torch.no_grad():
+            errors = torch.cat([
+                self.point_errors(xs, ts) for xs, ts in zip(x.split(2048), t.split(2048), strict=True)
+            ])  # fmt: skip
+        errors = torch.nan_to_num(errors.double(), nan=0.0, posinf=0.0).clamp_min(0) ** self.k
+        weights = errors / errors.mean().clamp_min(1e-300) + self.c
+        if not bool(weights.sum() > 0):
+            weights = torch.ones_like(weights)
+        return (x.detach(), t.detach()), (weights / weights.sum()).cpu()
+
+    def point_errors(self, x: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\varepsilon_i = \sum_m \alpha_m r_m(x_i, t_i)^2` per point."""
+        terms = self.residual.residuals(x, t)
+        return sum(w * terms[name].detach().square() for name, w in self.residual.weights.items())
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        n_pool = round(self.fraction * n) if self.points is not None else 0
+        x, t = self.base(n - n_pool)
+        if n_pool == 0:
+            return x, t
+        idx = torch.multinomial(
+            self.probabilities, n_pool, replacement=True, generator=self.generator
+        )
+        idx = idx.to(self.device)
+        return torch.cat([x, self.points[0][idx]]), torch.cat([t, self.points[1][idx]])
+
+
 class OUSampler(CollocationSampler):
-    """Chemseddine et al. (SPEC 4.3): :math:`t \\sim U[t_{min}, 1]`, :math:`x_t = a_t u + s_t n`
+    """Chemseddine et al. (eq. (32)): :math:`t \\sim U[t_{min}, 1]`, :math:`x_t = a_t u + s_t n`
     with :math:`u \\sim U(\\text{target box})`, :math:`n \\sim \\mathcal{N}(0, I)`,
     :math:`a_t = e^{-B(t)/2}`, :math:`s_t^2 = 1 - a_t^2`, :math:`B(t) = \\int_0^t \\beta`."""
 
@@ -254,7 +330,7 @@ class OUSampler(CollocationSampler):
 
 
 class TrajectorySampler(CollocationSampler):
-    """Máté & Fleuret (SPEC 4): ``n / n_times`` prior samples moved along the current velocity
+    """Máté & Fleuret (Chemseddine et al. eq. (24)): ``n / n_times`` prior samples moved along the current velocity
     with one RK4 step of :math:`dt = 1/(n_{times} - 1)` between consecutive time points; the
     points at all ``n_times`` times form the batch (detached). Their code: 256 samples, 51 times.
 
@@ -304,6 +380,7 @@ SAMPLERS: dict[str, type[CollocationSampler]] = {
     "trajectory_cache": TrajectoryCache,
     "ou": OUSampler,
     "trajectory": TrajectorySampler,
+    "rad": ResidualAdaptive,
 }
 
 
@@ -319,7 +396,7 @@ def make_collocation(
 ) -> CollocationSampler:
     """Build the sampler ``kind`` (``"default"``: the residual's own choice) for ``residual``.
 
-    ``box`` and ``trajectory_cache`` use :func:`collocation_target_box` and :func:`prior_box`
+    ``box``, ``trajectory_cache`` and ``rad`` use :func:`collocation_target_box` and :func:`prior_box`
     (``prior_box_width``: prior standard deviations, or ``"auto"``); ``ou`` uses
     :func:`collocation_target_box`; ``options`` go to the sampler. The cache draws its other
     points from the box, or from the OU points where those are the loss's own (gradflow).
@@ -344,7 +421,8 @@ def make_collocation(
         dyn = residual.dynamics()
         start = prior_box(dyn.prior.mean.detach(), dyn.prior.stddevs, target_box, prior_box_width)
         box = BoxSampler(start, target_box, residual.T, generator, dtype, device, dyn.t0 > dyn.t1)
-        sampler = box if kind == "box" else TrajectoryCache(box, **options)
+        wrappers = {"box": lambda base: base, "rad": ResidualAdaptive}
+        sampler = wrappers.get(kind, TrajectoryCache)(box, **options)
     sampler.bind(residual)
     return sampler
 

@@ -1,7 +1,7 @@
 """``torch.compile`` for the Adam phase's loss, with a fallback to eager execution.
 
 On CPU a compiled residual loss (forward and backward) runs 1.6-6 times faster per Adam step
-than eager ``torch.func`` (``benchmarks/bench_compile.py``; README "Compiled Adam steps"), for
+than eager ``torch.func`` (``benchmarks/bench_compile.py``; docs/results/bench_compile.md), for
 a one-off compilation of 3-45 s (about 2 minutes at d = 50 with a cold cache). TorchDynamo
 (torch 2.13) cannot trace forward-over-reverse products or a ``jvp`` along per-point probes, so
 :mod:`pdesampler.ops` takes Laplacians and Hutchinson divergences reverse-mode while compiling;
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 #: ``compile="auto"`` compiles on CPU when the Adam phase runs at least this many seconds
 #: (``max_seconds``) or, without a time budget, this many steps: enough that the one-off
-#: compilation (3-45 s at d <= 8) pays for itself at a 1.6-6x faster step.
-COMPILE_MIN_SECONDS, COMPILE_MIN_STEPS = 120.0, 1000
+#: compilation pays for itself. It took 14 s alone and 65 s with two runs side by side on GMM-9
+#: (2 cores, 2026-12-04), for a 1.4x faster step there; a 120 s budget then lost steps.
+COMPILE_MIN_SECONDS, COMPILE_MIN_STEPS = 300.0, 1000
 #: ... and at least this many seconds per dimension: at d = 50 a cold compilation took 118 of a
 #: 150 s budget (suite=paper, MW 50/5/2 score: 81 steps, against 207 eagerly in a rerun).
 COMPILE_SECONDS_PER_DIM = 10.0

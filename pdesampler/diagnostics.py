@@ -1,19 +1,19 @@
-"""Where along the sampling path a model's log-weight error arises.
+r"""Where along the sampling path a model's log-weight error arises.
 
-For an ODE residual of the log-continuity form (logCE [S8], the Boltzmann interpolations and the
-gradient flow, SPEC 4), with density path :math:`V` and drift :math:`\\mu`, the residual along a
-path :math:`X_t` of the sampling ODE is
+For an ODE residual of the log-continuity form (logCE, Sun et al. eq. (8), the Boltzmann
+interpolations and the gradient flow), with density path :math:`V` and drift :math:`\mu`, the
+residual along a path :math:`X_t` of the sampling ODE is
 
-.. math:: r(X_t, t) = \\frac{d}{dt}\\big[V_t(X_t) - \\log q_t(X_t)\\big] - c(t),
+.. math:: r(X_t, t) = \frac{d}{dt}\big[V_t(X_t) - \log q_t(X_t)\big] - c(t),
 
-because :math:`\\tfrac{d}{dt} V_t(X_t) = \\partial_t V + \\langle\\nabla V, \\mu\\rangle` and
-:math:`\\tfrac{d}{dt}\\log q_t(X_t) = -\\nabla\\cdot\\mu` [S64]; :math:`c(t)` depends on ``t``
-alone (the learned :math:`C_t` of a Boltzmann curve). The log-weight of a sample
+because :math:`\tfrac{d}{dt} V_t(X_t) = \partial_t V + \langle\nabla V, \mu\rangle` and
+:math:`\tfrac{d}{dt}\log q_t(X_t) = -\nabla\cdot\mu` (Sun et al. eq. (64)); :math:`c(t)` depends
+on ``t`` alone (the learned :math:`C_t` of a Boltzmann curve). The log-weight of a sample
 :math:`x = X_{t_1}` is therefore
 
-.. math:: \\log w = \\underbrace{\\log\\rho(x) - V_{t_1}(x)
-    + V_{t_0}(X_{t_0}) - \\log p_{prior}(X_{t_0})}_{\\text{boundary}}
-    + \\int_{t_0}^{t_1} r(X_t, t)\\,dt + \\text{const},
+.. math:: \log w = \underbrace{\log\rho(x) - V_{t_1}(x)
+    + V_{t_0}(X_{t_0}) - \log p_{prior}(X_{t_0})}_{\text{boundary}}
+    + \int_{t_0}^{t_1} r(X_t, t)\,dt + \text{const},
 
 the integral taken in the direction of sampling. :func:`log_weight_budget` evaluates both parts
 on sampling paths, and :meth:`LogWeightBudget.ess_without` says how far the ESS would rise if the

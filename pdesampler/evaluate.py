@@ -1,4 +1,4 @@
-"""Evaluation of a trained residual against the target's exact references (SPEC section 6).
+"""Evaluation of a trained residual against the target's exact references (docs/metrics.md).
 
 Samples come from :func:`pdesampler.sampling.sample` on the residual's dynamics. Metrics that
 need a reference the target lacks (no ``log_Z``, no exact sampler) are reported as ``None`` and
@@ -8,6 +8,7 @@ listed with the reason under ``skipped``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,11 @@ import torch
 from torch import Tensor
 
 from pdesampler import metrics
-from pdesampler.checks import POSITIVE, POSITIVE_INT, check
+from pdesampler.checks import POSITIVE, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.ops import Exact, Hutchinson
-from pdesampler.sampling import SamplingOutput, log_density, sample
+from pdesampler.sampling import SamplingOutput, log_density, sample, scoring_budget
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def evaluate(
     nll: bool = True,
     n_nll: int = 2_000,
     n_saved: int = 0,
+    max_seconds: float | None = None,
 ) -> Evaluation:
     """Sample from ``residual``'s dynamics and compute the papers' metrics.
 
@@ -78,6 +80,11 @@ def evaluate(
     solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
     ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
     ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples).
+
+    ``max_seconds`` bounds the ODE/SDE solves of the sampling and the NLL together
+    (:func:`pdesampler.sampling.scoring_budget`): samples not solved by then are unscored,
+    counted in ``n_unscored`` (``n_unscored_nll`` for the NLL's exact samples) and, as failed
+    samples, given weight 0 in log Z and ESS.
     """
     for key, value in {
         "n_samples": n_samples,
@@ -90,25 +97,28 @@ def evaluate(
     }.items():
         check(key, value, POSITIVE_INT)
     check("sinkhorn_blur", sinkhorn_blur, POSITIVE)
+    check("max_seconds", max_seconds, POSITIVE_OR_NONE)
+    start = time.perf_counter()
     target = residual.target
     generator = torch.Generator().manual_seed(seed)
     estimator = Exact() if trace == "exact" else Hutchinson(1, generator=generator)
     dynamics = residual.dynamics()
     was_training = residual.training
     residual.eval()
-    output = sample(
-        dynamics,
-        n_samples,
-        generator=generator,
-        method=method,
-        steps=steps,
-        sde_steps=sde_steps,
-        estimator=estimator,
-        batch_size=batch_size,
-        module=residual,
-        n_saved=n_saved,
-        fresh_probes=trace != "exact",
-    )
+    with scoring_budget(max_seconds) as clock:
+        output = sample(
+            dynamics,
+            n_samples,
+            generator=generator,
+            method=method,
+            steps=steps,
+            sde_steps=sde_steps,
+            estimator=estimator,
+            batch_size=batch_size,
+            module=residual,
+            n_saved=n_saved,
+            fresh_probes=trace != "exact",
+        )
     residual.train(was_training)
     x = output.samples.double()
     log_w = output.log_weights(target).double()
@@ -117,6 +127,7 @@ def evaluate(
         reference = reference.to(x.device)
     skipped: dict[str, str] = {}
     m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
+    m["n_unscored"] = clock.unscored
     m["log_z_learned"] = residual.log_z_estimate()
     # the weights belong to the flow samples; for an SDE loss x are independent SDE samples
     failed = ~torch.isfinite(x).all(1)
@@ -159,8 +170,13 @@ def evaluate(
     if reference is not None and nll and dynamics.flow_drift is None:
         m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
     elif reference is not None and nll:
-        log_q = _forward_log_q(residual, reference[:n_nll], method, steps, estimator, batch_size)
+        left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
+        with scoring_budget(None if left is None else max(left, 1e-3)) as nll_clock:
+            log_q = _forward_log_q(
+                residual, reference[:n_nll], method, steps, estimator, batch_size
+            )
         m.update(_nll_summary(log_q, skipped))
+        m["n_unscored_nll"] = nll_clock.unscored
     elif reference is not None:
         m["nll"], skipped["nll"] = None, "disabled (eval.nll=false)"
     m["skipped"] = skipped
@@ -238,7 +254,7 @@ def _forward_log_q(residual, reference, method, steps, estimator, batch_size) ->
 
 
 def _nll_summary(log_q: Tensor, skipped: dict[str, str]) -> dict[str, Any]:
-    """``nll`` (SPEC section 6), ``n_nll`` and ``n_nonfinite_nll``. A backward solve that fails
+    """``nll`` (docs/metrics.md), ``n_nll`` and ``n_nonfinite_nll``. A backward solve that fails
     (NaN/Inf log q) leaves ``nll`` null with the reason in ``skipped``; ``nll_of_finite`` is then
     the mean over the other exact samples (biased low: the failures are the hard points)."""
     finite = torch.isfinite(log_q)

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +51,8 @@ LAUNCHERS = ("local", "slurm", "submitit_local")
 LOCK_FILE = ".lock"
 #: The exit status of a run whose directory another process holds (EX_TEMPFAIL).
 LOCKED_EXIT = 75
+#: How often :func:`launch_all` looks for finished jobs.
+POLL_SECONDS = 0.5
 _PARENT_ENV = "PDESAMPLER_PARENT_PID"
 
 
@@ -158,20 +160,34 @@ def threads_per_run(launcher: str, jobs: int, slurm: Mapping[str, Any] | None) -
 
 
 def launch_all(
-    jobs: Sequence[RunJob], launcher: str, n_parallel: int, folder: Path, slurm=None
+    jobs: Sequence[RunJob],
+    launcher: str,
+    n_parallel: int,
+    folder: Path,
+    slurm=None,
+    on_done: Callable[[RunJob, int | str], None] | None = None,
 ) -> dict[str, int | str]:
-    """Run every job and wait for all; ``{name: exit status, or the error of a failed job}``."""
+    """Run every job and wait for all; ``{name: exit status, or the error of a failed job}``.
+    ``on_done(job, outcome)`` is called as each job ends, in the order they end."""
     if not jobs:
         return {}
     threads = threads_per_run(launcher, n_parallel, slurm)
     executor = make_executor(launcher, folder, n_parallel, slurm)
-    futures = {job.name: executor.submit(run_job, job, threads) for job in jobs}
+    pending = {job.name: (job, executor.submit(run_job, job, threads)) for job in jobs}
     outcome: dict[str, int | str] = {}
-    for name, future in futures.items():
-        try:
-            outcome[name] = future.result()
-        except Exception as err:  # a submitit job that died (timeout, node failure, ...)
-            outcome[name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    while pending:
+        for name, (job, future) in list(pending.items()):
+            if not future.done():
+                continue
+            del pending[name]
+            try:
+                outcome[name] = future.result()
+            except Exception as err:  # a submitit job that died (timeout, node failure, ...)
+                outcome[name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            if on_done is not None:
+                on_done(job, outcome[name])
+        if pending:
+            time.sleep(POLL_SECONDS)
     if isinstance(executor, ThreadPoolExecutor):
         executor.shutdown()
-    return outcome
+    return {job.name: outcome[job.name] for job in jobs}

@@ -1,4 +1,4 @@
-"""Sample-quality and likelihood metrics (SPEC section 6; Sun et al., Appendix B.3 / [S68];
+"""Sample-quality and likelihood metrics (docs/metrics.md; Sun et al., Appendix B.3, eqs. (67)-(68);
 Chemseddine et al., section 4).
 
 Pure functions on tensors: no training and no ODE code. Inputs may have any float dtype and live
@@ -85,7 +85,7 @@ def _centered(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def log_weights(log_rho_x: Tensor, log_q_x: Tensor) -> Tensor:
-    """Log importance weights :math:`\\log w = \\log\\rho(x) - \\log q(x)` (SPEC section 3).
+    """Log importance weights :math:`\\log w = \\log\\rho(x) - \\log q(x)` (Sun et al. eq. (65)).
 
     Args:
         log_rho_x: unnormalized target log-density at the model samples, shape ``(N,)``.
@@ -100,7 +100,7 @@ def log_weights(log_rho_x: Tensor, log_q_x: Tensor) -> Tensor:
 
 
 def effective_sample_size(log_w: Tensor) -> float:
-    """Normalized effective sample size (SPEC section 6, [S68]):
+    """Normalized effective sample size (Sun et al. eq. (68)):
 
     .. math::
         \\mathrm{ESS} = \\frac{(\\sum_i w_i)^2}{N \\sum_i w_i^2}
@@ -126,7 +126,7 @@ def effective_sample_size(log_w: Tensor) -> float:
 
 
 def log_z_lower_bound(log_w: Tensor) -> float:
-    """The lower bound :math:`\\mathrm{mean}_i \\log w_i \\le \\log Z` (SPEC section 3).
+    """The lower bound :math:`\\mathrm{mean}_i \\log w_i \\le \\log Z` (Sun et al. App. B.3).
 
     By Jensen, :math:`\\mathbb{E}_q[\\log w] = \\log Z - \\mathrm{KL}(q\\,\\|\\,p_{target})
     \\le \\log Z`. A :math:`-\\infty` weight makes the bound :math:`-\\infty`; NaN or
@@ -137,7 +137,7 @@ def log_z_lower_bound(log_w: Tensor) -> float:
 
 def log_z_importance(log_w: Tensor) -> float:
     """The importance-sampling estimate :math:`\\log \\frac1N \\sum_i w_i =
-    \\mathrm{LSE}(\\log w) - \\log N` (SPEC section 3).
+    \\mathrm{LSE}(\\log w) - \\log N` (Sun et al. eq. (65)).
 
     :math:`\\frac1N\\sum_i w_i` is unbiased for :math:`Z`, so its log is biased low (Jensen) but
     consistent; it is always :math:`\\ge` :func:`log_z_lower_bound` on the same weights.
@@ -188,7 +188,7 @@ def importance_summary(log_w: Tensor, failed: Tensor | None = None) -> dict[str,
 
 
 def delta_log_z(log_Z_ref: float | Tensor, estimate: float | Tensor) -> float:
-    """:math:`\\Delta\\log Z = |\\log Z_{ref} - \\widehat{\\log Z}|` (SPEC section 6; Sun et al.
+    """:math:`\\Delta\\log Z = |\\log Z_{ref} - \\widehat{\\log Z}|` (Sun et al. App. B.3; Sun et al.
     use the lower bound :func:`log_z_lower_bound` as the estimate)."""
     return abs(float(log_Z_ref) - float(estimate))
 
@@ -208,7 +208,7 @@ def sinkhorn_w2(
     backend: str = "tensorized",
 ) -> float:
     """Entropic (Sinkhorn) approximation of the 2-Wasserstein distance [Cuturi 2013], in the
-    units of ``x`` (SPEC section 6).
+    units of ``x`` (Sun et al. App. B.3; docs/metrics.md).
 
     geomloss's ``SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=debias)`` with
     uniform weights uses the cost :math:`C(x, y) = \\tfrac12\\|x - y\\|^2` and temperature
@@ -228,7 +228,7 @@ def sinkhorn_w2(
 
     For a cloud and its translate by ``s`` this is exactly ``|s|`` at any blur.
 
-    Defaults: ``blur=0.05`` (geomloss's default; small against the spread of every SPEC
+    Defaults: ``blur=0.05`` (geomloss's default; small against the spread of every built-in
     target); ``scaling=0.9`` because geomloss does one Sinkhorn sweep per step of its
     :math:`\\varepsilon`-annealing from the cloud's diameter down to ``blur``. Against the exact
     assignment W2 of two 500-1000 point sets of N(0, I_2) (measured with scipy), scaling 0.9
@@ -291,7 +291,7 @@ def _subsample(x: Tensor, n: int, generator: torch.Generator) -> Tensor:
 
 
 def energy_distance(x: Tensor, y: Tensor, *, batch_size: int | None = 5_000) -> float:
-    """geomloss's energy distance (Székely & Rizzo), as Chemseddine et al. report it (SPEC 6).
+    """geomloss's energy distance (Székely & Rizzo), as Chemseddine et al. report it (their section 4).
 
     ``SamplesLoss("energy")`` is the kernel norm :math:`\\tfrac12\\|\\alpha - \\beta\\|_k^2` with
     :math:`k(x, y) = -\\|x - y\\|`; for uniform weights this is the V-statistic (diagonal terms
@@ -343,7 +343,7 @@ def energy_distance(x: Tensor, y: Tensor, *, batch_size: int | None = 5_000) -> 
 
 def delta_std(x_model: Tensor, ref_stddevs: Tensor) -> float:
     """:math:`\\Delta\\mathrm{std} = \\big|\\frac1d\\sum_k \\sqrt{\\mathrm{Var}_{model}[X_k]}
-    - \\frac1d\\sum_k \\sigma^{ref}_k\\big|` (SPEC section 6, [S67]).
+    - \\frac1d\\sum_k \\sigma^{ref}_k\\big|` (Sun et al. eq. (67)).
 
     The model variance is the unbiased sample variance (divisor ``N - 1``) of each coordinate.
 
@@ -366,7 +366,7 @@ def delta_std(x_model: Tensor, ref_stddevs: Tensor) -> float:
 def cross_entropy(log_rho_model_samples: Tensor, log_Z: float | Tensor) -> float:
     """Cross-entropy of the model samples under the normalized target,
     :math:`-\\mathrm{mean}_i \\log p_{target}(x_i) = -\\mathrm{mean}_i(\\log\\rho(x_i) - \\log Z)`
-    with :math:`x_i \\sim q` (SPEC section 6).
+    with :math:`x_i \\sim q` (docs/metrics.md).
 
     This is what the public re-implementation of Chemseddine et al. calls "NLL". Its expectation
     is :math:`H(q, p_{target}) = H(q) + \\mathrm{KL}(q\\,\\|\\,p_{target})`; it equals the target
@@ -383,7 +383,7 @@ def cross_entropy(log_rho_model_samples: Tensor, log_Z: float | Tensor) -> float
 
 def forward_nll(log_q_on_target_samples: Tensor) -> float:
     """Forward negative log-likelihood :math:`-\\mathrm{mean}_i \\log q(x_i)` on exact target
-    samples :math:`x_i \\sim p_{target}` (SPEC section 6).
+    samples :math:`x_i \\sim p_{target}` (docs/metrics.md).
 
     :math:`\\log q(x)` comes from integrating the ODE backwards from ``x`` (computed elsewhere).
     Its expectation is :math:`H(p_{target}, q) = H(p_{target}) + \\mathrm{KL}(p_{target}\\,\\|\\,q)

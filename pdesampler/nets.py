@@ -121,19 +121,24 @@ class _Trunk(nn.Module):
         """
         derivatives = _DERIVATIVES[self.activation]
         L = torch.zeros_like(z)
+        # The directions are carried as rows, J^T (m, n_in), and multiplied from the right by
+        # W^T: under vmap a batch of points then folds into one matrix product (B m, n_in) @
+        # (n_in, n_out), where W @ J would become B small products (3-5x slower on CPU).
+        Jt = J.T
 
-        def activate(layer: nn.Linear, z: Tensor, J: Tensor, L: Tensor):
-            y, Jy, Ly = layer(z), layer.weight @ J, layer.weight @ L
+        def activate(layer: nn.Linear, z: Tensor, Jt: Tensor, L: Tensor):
+            Wt = layer.weight.T
+            y, Jy, Ly = layer(z), Jt @ Wt, L @ Wt
             a, d1, d2 = derivatives(y)
-            curvature = (Jy[:, :n_lap] ** 2).sum(-1)
-            return a, d1[:, None] * Jy, d1 * Ly + d2 * curvature
+            curvature = (Jy[:n_lap] ** 2).sum(0)
+            return a, d1 * Jy, d1 * Ly + d2 * curvature
 
-        z, J, L = activate(self.input, z, J, L)
+        z, Jt, L = activate(self.input, z, Jt, L)
         for layer in self.hidden:
-            a, Ja, La = activate(layer, z, J, L)
-            z, J, L = (z + a, J + Ja, L + La) if self.residual else (a, Ja, La)
-        W = self.output.weight
-        return self.output(z), W @ J, W @ L
+            a, Ja, La = activate(layer, z, Jt, L)
+            z, Jt, L = (z + a, Jt + Ja, L + La) if self.residual else (a, Ja, La)
+        Wt = self.output.weight.T
+        return self.output(z), (Jt @ Wt).T, L @ Wt
 
 
 class MLP(nn.Module):

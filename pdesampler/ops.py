@@ -1,4 +1,4 @@
-"""Differential operators on functions of one point ``(x, t)``, built on ``torch.func``.
+r"""Differential operators on functions of one point ``(x, t)``, built on ``torch.func``.
 
 Every operator takes a function ``f(x, t)`` of a single point, ``x`` of shape ``(d,)`` and ``t``
 a scalar tensor, and returns a new function of the same point. Batch with
@@ -7,11 +7,11 @@ a scalar tensor, and returns a new function of the same point. Batch with
     div = vmap(divergence(mu))(x, t)          # x: (N, d), t: (N,)
 
 Traces (divergence, Laplacian) are computed by a :class:`TraceEstimator`. The exact estimator
-takes the quadratic forms :math:`e_i^\\top A e_i` over the standard basis; the Hutchinson
-estimator averages :math:`v^\\top A v` over random probes ``v`` (Rademacher or Gaussian), which
-is unbiased because :math:`\\mathbb{E}[v v^\\top] = I`. In both cases :math:`A v` is one
+takes the quadratic forms :math:`e_i^\top A e_i` over the standard basis; the Hutchinson
+estimator averages :math:`v^\top A v` over random probes ``v`` (Rademacher or Gaussian), which
+is unbiased because :math:`\mathbb{E}[v v^\top] = I`. In both cases :math:`A v` is one
 forward-mode product (``jvp``), so the exact trace of a ``d``-dimensional field costs ``d``
-batched forward-mode passes and no ``d``-fold loop of backward passes (SPEC section 2).
+batched forward-mode passes and no ``d``-fold loop of backward passes.
 
 Probes are per point: an estimator returns a tensor of shape ``(N, k, d)`` for a batch, and the
 pointwise operators take the ``(k, d)`` slice as an extra argument ``probes``.

@@ -1,4 +1,5 @@
-"""The published numbers our suites print beside their own (SPEC section 8)."""
+"""The published numbers our suites print beside their own: Sun et al. Tables 2 and 3,
+Chemseddine et al. section 4."""
 
 from __future__ import annotations
 

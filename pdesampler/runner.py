@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,8 @@ def collocation_settings(
 ) -> tuple[str, dict]:
     """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
     collocation, ``collocation=default``), a loss with a sampler of its own (linear / learned:
-    trajectory, gradflow: ou) keeps it; the problem's kind and options replace only the [S63]
-    box. ``preset`` is the problem's collocation: a kind that differs from it (say
+    trajectory, gradflow: ou) keeps it; the problem's kind and options replace only the box of
+    Sun et al. eq. (63). ``preset`` is the problem's collocation: a kind that differs from it (say
     ``collocation.kind=trajectory_cache``) is the user's and is used as given, and options that
     differ from it (``collocation.options={spread:1.5}``) go to the loss's own sampler."""
     box_width = {"prior_box_width": collocation["prior_box_width"]}
@@ -179,6 +180,11 @@ def train_run(
     ``train`` call of :func:`run_experiment`, for benchmarks that watch a run (``on_step``)."""
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     gn = optim.pop("gn", None)
+    preset_gn = OmegaConf.select(cfg, "problem.finetune")
+    if isinstance(preset_gn, DictConfig):
+        preset_gn = OmegaConf.to_container(preset_gn, resolve=True)
+    if isinstance(residual, TrajectoryLoss) and gn is not None and gn == preset_gn:
+        gn = None  # the problem's fine-tuner is for PDE residuals; a trajectory baseline keeps Adam
     max_seconds = optim.pop("max_seconds", None)
     gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
     gn_batch_size = gn.pop("batch_size", None) if gn else None
@@ -229,6 +235,7 @@ def evaluate_run(
             nll=bool(eval_cfg.nll if nll is None else nll),
             n_nll=int(eval_cfg.n_nll),
             n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0,
+            max_seconds=eval_cfg.get("max_seconds"),
         )
 
 
@@ -259,10 +266,12 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     result = train_run(cfg, residual, checkpoint_dir=out)
     torch.save(residual.state_dict(), out / "model.pt")
     eval_cfg = cfg.eval
+    scoring = time.perf_counter()
     report = evaluate_run(cfg, residual, figures=bool(eval_cfg.figures))
     metrics = {
         **report.metrics,
         **result.summary(),
+        "score_seconds": time.perf_counter() - scoring,
         "target": str(cfg.target._target_),
         "loss_name": str(cfg.loss._target_),
         "device": str(device),

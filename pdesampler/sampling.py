@@ -1,10 +1,10 @@
 """Sampling from a :class:`~pdesampler.losses.base.Dynamics`, with exact log-likelihoods.
 
-Everything here follows SPEC section 3 (Sun et al., Appendix B.2):
+Everything here follows Sun et al., Appendix B.2 (docs/math.md, section 6):
 
 * **ODE** (:func:`sample_ode`). Draw :math:`X_{t_0} \\sim p_{prior}` and integrate, from
   :math:`t_0` to :math:`t_1`, the probability-flow ODE together with the instantaneous
-  change of variables [S64]
+  change of variables (Sun et al. eq. (64))
 
   .. math::
       \\frac{dX_t}{dt} = \\mu_{ODE}(X_t, t), \\qquad
@@ -13,10 +13,10 @@ Everything here follows SPEC section 3 (Sun et al., Appendix B.2):
   started from :math:`\\log p(X_{t_0}, t_0) = \\log p_{prior}(X_{t_0})`. Then
   :math:`\\log q(X_{t_1}) = \\log p_{prior}(X_{t_0}) - \\int_{t_0}^{t_1}
   \\nabla\\cdot\\mu_{ODE}(X_t, t)\\,dt`. ``t1 < t0`` integrates backwards in time (the
-  gradient-flow interpolation, SPEC section 4.3); the formula is the same.
+  gradient-flow interpolation, Chemseddine et al. eq. (27)); the formula is the same.
 * **SDE** (:func:`sample_sde`). Euler-Maruyama for :math:`dX = \\mu\\,dt + \\sigma(t)\\,dW`
-  [S2]. Its samples have no tractable density; likelihoods come from the probability-flow ODE
-  :math:`\\mu_{ODE} = \\mu - \\tfrac12 \\sigma\\sigma^\\top\\nabla V` [S66], which has the same
+  (Sun et al. eq. (2)). Its samples have no tractable density; likelihoods come from the probability-flow ODE
+  :math:`\\mu_{ODE} = \\mu - \\tfrac12 \\sigma\\sigma^\\top\\nabla V` (Sun et al. eq. (66)), which has the same
   marginals (``Dynamics.flow_drift``).
 * **Likelihood of given points** (:func:`log_density`). Integrate the same augmented ODE from
   :math:`t_1` back to :math:`t_0`; this gives the forward NLL on exact target samples.
@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torchdiffeq import odeint
 
-from pdesampler.checks import NON_NEGATIVE_INT, check
+from pdesampler.checks import NON_NEGATIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.losses.base import Dynamics
 from pdesampler.losses.trajectory import path_log_ratio
 from pdesampler.ops import Exact, TraceEstimator, vector_jet
@@ -80,12 +82,15 @@ __all__ = [
     "FIXED_STEP_METHODS",
     "SampleResult",
     "SamplingOutput",
+    "ScoringClock",
     "log_density",
     "refinement_budget",
     "resolve_dtype_device",
     "sample",
     "sample_ode",
     "sample_sde",
+    "scoring_budget",
+    "scoring_expired",
 ]
 
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
@@ -116,7 +121,7 @@ class SampleResult:
 
     Attributes:
         x: the samples :math:`X_{t_1}`, shape ``(n, d)``.
-        log_q: :math:`\\log q(X_{t_1})` from the change of variables [S64], shape ``(n,)``;
+        log_q: :math:`\\log q(X_{t_1})` from the change of variables (Sun et al. eq. (64)), shape ``(n,)``;
             ``None`` for SDE samples.
         x0: the prior draws :math:`X_{t_0}`, shape ``(n, d)``.
         trajectory: ``n_saved`` evenly spaced states, shape ``(n_saved, n, d)``, or ``None``.
@@ -162,7 +167,7 @@ class SamplingOutput:
     times: Tensor | None = None
 
     def log_weights(self, target: Target) -> Tensor:
-        """:math:`\\log w = \\log\\rho(x) - \\log q(x)` on the flow samples (SPEC section 3)."""
+        """:math:`\\log w = \\log\\rho(x) - \\log q(x)` on the flow samples (Sun et al. eq. (65))."""
         return target.log_prob(self.flow_samples) - self.flow_log_q
 
 
@@ -269,7 +274,7 @@ def _augmented_field(
     dynamics: Dynamics, estimator: TraceEstimator, probes: Callable[[], Tensor]
 ) -> Callable[[Tensor, State], State]:
     """The right-hand side :math:`(t, (x, \\ell)) \\mapsto (\\mu_{ODE}(x, t),
-    -\\nabla\\cdot\\mu_{ODE}(x, t))` of the augmented ODE [S64] for one batch; ``probes()``
+    -\\nabla\\cdot\\mu_{ODE}(x, t))` of the augmented ODE (Sun et al. eq. (64)) for one batch; ``probes()``
     gives the trace probes of each evaluation (the same tensor each time for fixed probes).
     With exact traces the dynamics' own ``flow_jet`` is used when it has one."""
     use_own = dynamics.flow_jet is not None and isinstance(estimator, Exact)
@@ -368,11 +373,13 @@ class _Solver:
 
         One adaptive step size serves the whole batch, so a few stray samples on which the drift
         is stiff can make the solver give up on all of them (torchdiffeq: too many steps, or
-        underflow in dt). Then one cheap rk4 pass on the grid finds the strays (their trajectory
-        turns non-finite); the rest are solved again to tolerance and the strays get rk4 on grids
-        refined until their trajectories stay finite (:data:`GRID_REFINEMENTS`). Where the rk4
-        pass is finite for every sample, the batch is halved and each half solved the same way,
-        down to single samples, which keep their rk4 solution.
+        underflow in dt). Then one cheap pass flags them: rk4 on the grid and on a 2x finer
+        grid, a sample being stiff where either is non-finite or the two differ by more than
+        :func:`_disagree` allows. The other samples are solved to tolerance once more (if that
+        gives up too, they keep the 2x rk4 solution), and the stiff ones get rk4 on grids
+        refined until their trajectories stay finite (:data:`GRID_REFINEMENTS`, within the
+        refinement budget). The work per batch is so bounded by two adaptive solves and the
+        refinement budget.
         """
         start = (x_start, ell_start)
         if self.method in FIXED_STEP_METHODS:
@@ -391,22 +398,30 @@ class _Solver:
                           rtol=self.rtol, atol=self.atol, options=options)  # fmt: skip
         except AssertionError as err:  # torchdiffeq: max_num_steps exceeded, or underflow in dt
             logger.warning("%s gave up on a batch of %d (%s)", self.method, b, err)
-        xs, ells = self.on_grid(start, "rk4")
-        stray = _stray_rows(xs, ells)
-        if not stray.any():
-            if b == 1:
-                return xs, ells
-            halves = [self.integrate(x_start[sl], ell_start[sl])
-                      for sl in (slice(0, b // 2), slice(b // 2, b))]  # fmt: skip
-            return tuple(torch.cat(parts, dim=1) for parts in zip(*halves, strict=True))
-        logger.warning("%d of %d samples blow up on the rk4 grid; they get finer grids",
-                       int(stray.sum()), b)  # fmt: skip
-        calm = ~stray
-        if calm.any():
-            xs[:, calm], ells[:, calm] = self.integrate(x_start[calm], ell_start[calm])
-        xs[:, stray], ells[:, stray] = self._refined(
-            (x_start[stray], ell_start[stray]), (xs[:, stray], ells[:, stray]), "rk4", b
-        )
+        coarse, fine = self.on_grid(start, "rk4"), self.on_grid(start, "rk4", refine=2)
+        blown = _stray_rows(*coarse)
+        stiff = blown | _stray_rows(*fine) | _disagree(coarse, fine, self.rtol, self.atol)
+        xs, ells = fine
+        if blown.any():
+            logger.warning("%d of %d samples blow up on the rk4 grid; they get finer grids",
+                           int(blown.sum()), b)  # fmt: skip
+        calm = ~stiff
+        if stiff.any() and calm.any() and not scoring_expired():
+            try:  # one more adaptive solve, without the samples that made it give up
+                xs[:, calm], ells[:, calm] = odeint(
+                    self._field(x_start[calm]), (x_start[calm], ell_start[calm]), t_eval,
+                    method=self.method, rtol=self.rtol, atol=self.atol, options=options,
+                )  # fmt: skip
+            except AssertionError as err:
+                logger.warning("%s gave up again on %d samples; they keep rk4 on a 2x finer grid "
+                               "(%s)", self.method, int(calm.sum()), err)  # fmt: skip
+        elif not stiff.any():
+            logger.warning("no sample of the %d stands out on the rk4 grid; all keep rk4 on a 2x "
+                           "finer grid", b)  # fmt: skip
+        if stiff.any():
+            xs[:, stiff], ells[:, stiff] = self._refined(
+                (x_start[stiff], ell_start[stiff]), (xs[:, stiff], ells[:, stiff]), "rk4", b
+            )
         return xs, ells
 
     def _with_strays_refined(self, start: State, method: str) -> State:
@@ -452,6 +467,51 @@ def refinement_budget(budget: int) -> Iterator[None]:
         REFINEMENT_BUDGET = before
 
 
+@dataclass
+class ScoringClock:
+    """The wall-clock budget of a scoring block (:func:`scoring_budget`): its ``deadline``
+    (``time.perf_counter`` seconds, ``None``: none) and the samples ``unscored`` so far."""
+
+    deadline: float | None = None
+    unscored: int = 0
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+
+_CLOCK = ScoringClock()
+
+
+@contextmanager
+def scoring_budget(max_seconds: float | None) -> Iterator[ScoringClock]:
+    """Within the block, sampling and log-density solves stop ``max_seconds`` after its start
+    (``None``: no limit): a batch not begun by then comes back as NaN, and refinement of stray
+    samples stops, leaving them non-finite. Those samples are counted in the yielded clock's
+    ``unscored``; the evaluation gives them weight 0, as any failed sample."""
+    global _CLOCK
+    check("max_seconds", max_seconds, POSITIVE_OR_NONE)
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    before, _CLOCK = _CLOCK, ScoringClock(deadline)
+    try:
+        yield _CLOCK
+    finally:
+        _CLOCK = before
+
+
+def scoring_expired() -> bool:
+    """Whether the enclosing :func:`scoring_budget` has run out."""
+    return _CLOCK.expired()
+
+
+def _unscored(n: int) -> bool:
+    """Past the scoring deadline: count ``n`` samples as unscored and return ``True``."""
+    if n and _CLOCK.expired():
+        _CLOCK.unscored += n
+        logger.warning("scoring budget spent: %d samples left unscored", n)
+        return True
+    return False
+
+
 def _refine_until_finite(
     stray: Tensor, n_batch: int, solve: Callable[[Tensor, int], Tensor], scheme: str
 ) -> None:
@@ -463,6 +523,8 @@ def _refine_until_finite(
     spent = 0
     for refine in GRID_REFINEMENTS:
         rows = stray.nonzero().squeeze(1)
+        if _unscored(len(rows)):
+            return
         spent += refine * len(rows)
         if not _affordable(spent, len(rows), refine, n_batch):
             return
@@ -483,6 +545,27 @@ def _affordable(spent: int, n_left: int, refine: int, n_batch: int) -> bool:
                    "refinement budget of %d grid solves of the batch of %d", n_left, refine,
                    REFINEMENT_BUDGET, n_batch)  # fmt: skip
     return False
+
+
+#: A sample is stiff where rk4 on the grid and on a 2x finer grid differ by more than this many
+#: times the median sample's difference (in units of the solver's tolerances): rk4's error goes as h^4,
+#: so an adaptive solver must cut its step about 10x more for such a sample than for the median.
+STIFF_FACTOR = 1e4
+
+
+def _disagree(coarse: State, fine: State, rtol: float, atol: float) -> Tensor:
+    r"""Per sample: whether the two solutions differ by more than :data:`STIFF_FACTOR` times the
+    median sample, and by more than the tolerance, in the scaled error
+    :math:`\max |a - b| / (\text{atol} + \text{rtol} |b|)` over times, coordinates and
+    :math:`\ell`."""
+
+    def scaled(a: Tensor, b: Tensor) -> Tensor:
+        err = (a - b).abs() / (atol + rtol * b.abs())
+        return err.reshape(*err.shape[:2], -1).amax(2).amax(0)
+
+    err = torch.maximum(scaled(coarse[0], fine[0]), scaled(coarse[1], fine[1]))
+    err = torch.nan_to_num(err, nan=math.inf)
+    return (err > STIFF_FACTOR * err.median().clamp_min(1.0)) & (err > 1.0)
 
 
 def _stray_rows(xs: Tensor, ells: Tensor) -> Tensor:
@@ -513,7 +596,7 @@ def sample_ode(
     module: nn.Module | None = None,
     n_saved: int = 0,
 ) -> SampleResult:
-    """Samples and log-densities of the probability-flow ODE (SPEC section 3, [S64]).
+    """Samples and log-densities of the probability-flow ODE (Sun et al. App. B.2, eq. (64)).
 
     Draws :math:`X_{t_0} \\sim p_{prior}` and integrates from ``t0`` to ``t1``
 
@@ -523,7 +606,7 @@ def sample_ode(
         \\qquad \\ell_{t_0} = \\log p_{prior}(X_{t_0}),
 
     so that :math:`\\ell_{t_1} = \\log q(X_{t_1})`. ``dynamics.flow_drift`` is used (it equals
-    ``drift`` for an ODE; for an SDE it is the probability-flow drift [S66]).
+    ``drift`` for an ODE; for an SDE it is the probability-flow drift, Sun et al. eq. (66)).
 
     Args:
         dynamics: the drift, prior and time span.
@@ -557,6 +640,11 @@ def sample_ode(
     x0 = _draw_prior(dynamics.prior, n, generator, dtype, device)
     xs, log_qs, trajs, times = [], [], [], None
     for sl in _batches(n, batch_size):
+        if _unscored(len(x0[sl])):
+            xs.append(torch.full_like(x0[sl], torch.nan))
+            log_qs.append(torch.full_like(x0[sl, 0], torch.nan))
+            trajs.append(torch.full((len(save_indices), *x0[sl].shape), torch.nan).to(x0))
+            continue
         x, ell, traj, times = _solve_augmented(
             dynamics,
             x0[sl],
@@ -575,6 +663,8 @@ def sample_ode(
         log_qs.append(ell)
         trajs.append(traj)
     trajectory = torch.cat(trajs, dim=1) if save_indices else None
+    if times is None and save_indices:  # every batch unscored
+        times = torch.linspace(dynamics.t0, dynamics.t1, steps + 1).to(x0)[save_indices]
     return SampleResult(
         torch.cat(xs), torch.cat(log_qs), x0, trajectory, times if save_indices else None
     )
@@ -634,6 +724,9 @@ def log_density(
     out = []
     for sl in _batches(x.shape[0], batch_size):
         x_start = x[sl]
+        if _unscored(len(x_start)):
+            out.append(torch.full((len(x_start),), torch.nan, dtype=dtype, device=device))
+            continue
         x0, integral, _, _ = _solve_augmented(
             dynamics,
             x_start,
@@ -665,7 +758,7 @@ def sample_sde(
     module: nn.Module | None = None,
     n_saved: int = 0,
 ) -> SampleResult:
-    """Euler-Maruyama samples of :math:`dX = \\mu(X, t)\\,dt + \\sigma(t)\\,dW` [S2].
+    """Euler-Maruyama samples of :math:`dX = \\mu(X, t)\\,dt + \\sigma(t)\\,dW` (Sun et al. eq. (2)).
 
     On the grid :math:`t_k = t_0 + k\\,\\Delta t`, :math:`\\Delta t = (t_1 - t_0)/K`,
 
@@ -820,12 +913,12 @@ def sample(
     module: nn.Module | None = None,
     n_saved: int = 0,
 ) -> SamplingOutput:
-    """Samples and likelihoods for evaluation, by the kind of dynamics (SPEC section 3).
+    """Samples and likelihoods for evaluation, by the kind of dynamics (Sun et al. App. B.2).
 
     * ODE (``dynamics.stochastic`` false): one :func:`sample_ode` run gives both the samples
       and their :math:`\\log q`.
     * SDE: :func:`sample_sde` (``sde_steps`` Euler-Maruyama steps) gives ``samples``; a separate
-      :func:`sample_ode` run of the probability-flow drift [S66] gives ``flow_samples`` and
+      :func:`sample_ode` run of the probability-flow drift (Sun et al. eq. (66)) gives ``flow_samples`` and
       ``flow_log_q``. Both draw from ``generator`` in turn (SDE first), so they are independent.
     * Trajectory baseline (``dynamics.reference`` set): the SDE samples are also the flow
       samples, and ``flow_log_q`` is their path log-density ratio, so that the log-weights are

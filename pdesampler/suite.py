@@ -1,5 +1,5 @@
 """Suites: lists of runs, each an independent process, collected into one table beside the
-published numbers (SPEC section 8).
+published numbers (Sun et al. Tables 2-3; Chemseddine et al. section 4).
 
 A suite config (``configs/suite/<name>.yaml``) names its runs; each run is a list of Hydra
 overrides and optionally the published row it reproduces. Rerunning a suite skips runs whose
@@ -16,13 +16,14 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from pdesampler.checks import NON_NEGATIVE_INT, POSITIVE_INT, check
 from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_all
@@ -30,13 +31,13 @@ from pdesampler.plots import plot_marginal_grid, plot_metric_summary, plot_sampl
 from pdesampler.published import COLUMNS, HIGHER_IS_BETTER, TITLES, published_row
 from pdesampler.runner import METRICS_FILE, density_2d, is_complete, write_json, write_text
 
-__all__ = ["collect", "run_dir_name", "run_suite", "suite_seeds", "table_markdown"]
+__all__ = ["collect", "run_dir_name", "run_line", "run_suite", "suite_seeds", "table_markdown"]
 
 TABLE_METRICS = (
     "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance",
     "energy_floor", "nll", "cross_entropy", "modes_covered", "n_modes", "modes_missed", "mode_tv",
     "mode_tv_floor", "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps",
-    "gn_steps", "train_seconds",
+    "gn_steps", "train_seconds", "score_seconds", "n_unscored",
 )  # fmt: skip
 SUMMARY_METRICS = ("dlogZ", "w2", "ess", "dstd", "energy_distance", "nll")
 _COUNTS = ("steps", "gn_steps", "n_modes")  # averaged over seeds, then rounded
@@ -94,7 +95,11 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
         todo = []
     print(f"suite {suite.name}: {len(todo)} run(s) to do with launcher={launcher}", file=sys.stderr)
     slurm = OmegaConf.to_container(suite.slurm) if suite.get("slurm") else None
-    outcome = launch_all(todo, launcher, int(n_parallel), root / ".submitit", slurm)
+    bar = tqdm(total=len(todo), unit="run", desc=f"suite {suite.name}", disable=not todo)
+    outcome = launch_all(
+        todo, launcher, int(n_parallel), root / ".submitit", slurm, on_done=_reporter(bar)
+    )
+    bar.close()
     busy += [name for name, code in outcome.items() if code == LOCKED_EXIT]
     failures = [
         f"{job.name} ({outcome[job.name]}, see {job.out_dir / 'run.log'})"
@@ -108,6 +113,41 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
     if failures:
         print(f"{len(failures)} run(s) failed: " + "; ".join(failures), file=sys.stderr)
     return rows
+
+
+def _reporter(bar: tqdm) -> Callable[[RunJob, int | str], None]:
+    """The line printed as each run ends (:func:`run_line`), above the suite's bar."""
+
+    def report(job: RunJob, outcome: int | str) -> None:
+        path = job.out_dir / METRICS_FILE
+        if outcome == 0 and path.exists():
+            bar.write(run_line(job.name, json.loads(path.read_text())), file=sys.stderr)
+        elif outcome == LOCKED_EXIT:
+            bar.write(f"{job.name}: running in another process", file=sys.stderr)
+        else:
+            bar.write(f"{job.name}: FAILED ({outcome}; see {job.out_dir / 'run.log'})",
+                      file=sys.stderr)  # fmt: skip
+        bar.update()
+
+    return report
+
+
+def run_line(name: str, metrics: Mapping[str, Any]) -> str:
+    """One finished run: ``name  train 120 s  score 14 s  ESS 0.9931  dlogZ 0.0042  modes 9/9``
+    (``unscored N`` when the scoring budget left samples unsolved)."""
+    parts = [name, f"train {_fmt_seconds(metrics.get('train_seconds'))}"]
+    parts.append(f"score {_fmt_seconds(metrics.get('score_seconds'))}")
+    parts.append(f"ESS {_fmt(metrics.get('ess'))}")
+    parts.append(f"dlogZ {_fmt(metrics.get('dlogZ'))}")
+    if metrics.get("n_modes") is not None:
+        parts.append(f"modes {metrics.get('modes_covered')}/{metrics['n_modes']}")
+    if metrics.get("n_unscored"):
+        parts.append(f"unscored {metrics['n_unscored']}")
+    return "  ".join(parts)
+
+
+def _fmt_seconds(value) -> str:
+    return "-" if value is None else f"{value:.0f} s"
 
 
 def _selection(select, names: list[str]) -> set[str]:
@@ -273,7 +313,8 @@ def _hardware() -> str:
 
 def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], metrics) -> None:
     figures = root / "figures"
-    plot_metric_summary(rows, metrics, figures / "summary.png", title=f"suite {suite.name}")
+    summary = list(suite.get("summary_metrics") or metrics)
+    plot_metric_summary(rows, summary, figures / "summary.png", title=f"suite {suite.name}")
     for problem in sorted({r["problem"] for r in rows}):
         samples = {}
         reference = None

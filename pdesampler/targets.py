@@ -1,6 +1,6 @@
-"""Target densities with exact references (SPEC section 7).
+r"""Target densities with exact references (docs/targets.md).
 
-A :class:`Target` is an unnormalized density :math:`\\rho` on :math:`\\mathbb{R}^d`. Its
+A :class:`Target` is an unnormalized density :math:`\rho` on :math:`\mathbb{R}^d`. Its
 ``log_prob`` works on a batch ``(N, d)`` and is written with plain tensor operations, so that
 ``torch.func`` transforms (``vmap``, ``grad``, ``jvp``) pass through it; constants are cast to the
 input's dtype and device on the fly, so one target serves float32 and float64, CPU and CUDA.
@@ -170,24 +170,24 @@ class Gaussian(Target):
 
 
 class GaussianMixture(Target):
-    """A diagonal-covariance Gaussian mixture,
+    r"""A diagonal-covariance Gaussian mixture,
 
-    .. math:: \\rho(x) = Z \\sum_{k=1}^K w_k\\, \\mathcal{N}\\big(x; m_k, \\mathrm{diag}(s_k^2)\\big),
-        \\qquad \\sum_k w_k = 1,
+    .. math:: \rho(x) = Z \sum_{k=1}^K w_k\, \mathcal{N}\big(x; m_k, \mathrm{diag}(s_k^2)\big),
+        \qquad \sum_k w_k = 1,
 
-    evaluated with a log-sum-exp over the components (SPEC section 7).
+    evaluated with a log-sum-exp over the components.
 
     Args:
         means: ``m``, shape ``(K, d)``.
         stds: ``s``, anything that broadcasts to ``(K, d)``: a scalar, ``(d,)``, ``(K, 1)`` or
             ``(K, d)``.
         weights: ``w``, shape ``(K,)``, positive; normalized to sum 1. Equal weights if ``None``.
-        log_Z: :math:`\\log Z` of the unnormalized density (0: normalized).
-        box_width: the box spans every :math:`m_k \\pm` ``box_width`` :math:`\\cdot s_k`.
+        log_Z: :math:`\log Z` of the unnormalized density (0: normalized).
+        box_width: the box spans every :math:`m_k \pm` ``box_width`` :math:`\cdot s_k`.
 
     Attributes:
         stddevs: exact, from the mixture moments
-            :math:`\\mathrm{Var}[X_j] = \\sum_k w_k (s_{kj}^2 + m_{kj}^2) - (\\sum_k w_k m_{kj})^2`.
+            :math:`\mathrm{Var}[X_j] = \sum_k w_k (s_{kj}^2 + m_{kj}^2) - (\sum_k w_k m_{kj})^2`.
         entropy: computed on first access: by grid quadrature for ``d <= 2``, else a
             deterministic Monte Carlo estimate (see :meth:`entropy_mc`) with
             ``ENTROPY_SAMPLES`` samples from a private generator seeded 0; its standard error
@@ -321,9 +321,9 @@ class GaussianMixture(Target):
 
 
 class GMM9(GaussianMixture):
-    """GMM-9, ``d = 2`` [S69]/[S70]: nine equal-weight components with means
-    :math:`\\{-5, 0, 5\\}^2` and covariance :math:`0.3 I`; normalized, :math:`\\log Z = 0`.
-    The box is sde_sampler's domain, the means :math:`\\pm 5\\sqrt{0.3}`:
+    r"""GMM-9, ``d = 2`` (Sun et al. eqs. (69)-(70)): nine equal-weight components with means
+    :math:`\{-5, 0, 5\}^2` and covariance :math:`0.3 I`; normalized, :math:`\log Z = 0`.
+    The box is sde_sampler's domain, the means :math:`\pm 5\sqrt{0.3}`:
     :math:`[-7.7386, 7.7386]^2`."""
 
     def __init__(self) -> None:
@@ -333,14 +333,14 @@ class GMM9(GaussianMixture):
 
 
 class GMM40(GaussianMixture):
-    """GMM-40, ``d = 2`` (Midgley et al., FAB; used by Chemseddine et al.; SPEC section 7).
+    r"""GMM-40, ``d = 2`` (Midgley et al., FAB; used by Chemseddine et al.).
 
     Forty equal-weight components with per-dimension std
-    :math:`\\mathrm{softplus}(1) \\approx 1.31326` and means
+    :math:`\mathrm{softplus}(1) \approx 1.31326` and means
     ``(torch.rand(40, 2) - 0.5) * 2 * 40`` drawn from a private ``torch.Generator`` seeded
     ``seed``, which reproduces FAB's ``torch.manual_seed(0)`` draw without touching the global
-    RNG (first mean about ``(-0.2995, 21.4577)``). Normalized, :math:`\\log Z = 0`; the box covers
-    every mean :math:`\\pm 5` std. Reference entropy (SPEC): 6.859.
+    RNG (first mean about ``(-0.2995, 21.4577)``). Normalized, :math:`\log Z = 0`; the box covers
+    every mean :math:`\pm 5` std. Reference entropy: 6.859.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -483,23 +483,23 @@ GAUSS_BOX = 5.0
 
 
 class ManyWell(Target):
-    """Many-well [S71] (SPEC section 7):
+    r"""Many-well (Sun et al. eq. (71)):
 
-    .. math:: \\log\\rho(x) = -\\sum_{i=1}^{m} (x_i^2 - \\delta)^2 - \\frac12 \\sum_{i=m+1}^{d} x_i^2.
+    .. math:: \log\rho(x) = -\sum_{i=1}^{m} (x_i^2 - \delta)^2 - \frac12 \sum_{i=m+1}^{d} x_i^2.
 
     It factorizes into ``m`` double wells and ``d - m`` standard Gaussians, so
-    :math:`\\log Z = m \\log Z_1(\\delta) + \\frac{d-m}{2}\\log(2\\pi)` with
-    :math:`Z_1 = \\int e^{-(x^2-\\delta)^2} dx` by 1-D quadrature; the standard deviations and
+    :math:`\log Z = m \log Z_1(\delta) + \frac{d-m}{2}\log(2\pi)` with
+    :math:`Z_1 = \int e^{-(x^2-\delta)^2} dx` by 1-D quadrature; the standard deviations and
     entropy likewise, and exact samples by inverse-CDF sampling of each double-well coordinate
     (see :class:`_Density1D`). The box covers each double-well coordinate where its density is at
-    least ``BOX_REL`` of its maximum and each Gaussian coordinate on :math:`\\pm` ``GAUSS_BOX``.
+    least ``BOX_REL`` of its maximum and each Gaussian coordinate on :math:`\pm` ``GAUSS_BOX``.
 
     Instances: ``ManyWell(5, 5, 4)`` and ``ManyWell(50, 5, 2)``.
 
     Args:
         dim: ``d``.
         m: the number of double-well coordinates, ``0 <= m <= d``.
-        delta: :math:`\\delta`.
+        delta: :math:`\delta`.
     """
 
     def __init__(self, dim: int, m: int, delta: float) -> None:
@@ -538,16 +538,16 @@ class ManyWell(Target):
 
 
 class FabManyWell(Target):
-    """FAB's ManyWell-d (Midgley et al.; used by Chemseddine et al.; SPEC section 7): ``d/2``
+    r"""FAB's ManyWell-d (Midgley et al.; used by Chemseddine et al.): ``d/2``
     copies of a 2-D double well on the pairs :math:`(x_{2i}, x_{2i+1})`,
 
-    .. math:: \\log\\rho(x) = -\\sum_{i=0}^{d/2-1} E(x_{2i}, x_{2i+1}), \\qquad
-        E(x_1, x_2) = x_1^4 - 6 x_1^2 - \\tfrac12 x_1 + \\tfrac12 x_2^2.
+    .. math:: \log\rho(x) = -\sum_{i=0}^{d/2-1} E(x_{2i}, x_{2i+1}), \qquad
+        E(x_1, x_2) = x_1^4 - 6 x_1^2 - \tfrac12 x_1 + \tfrac12 x_2^2.
 
-    Each pair separates: :math:`x_1 \\propto e^{-(x_1^4 - 6x_1^2 - x_1/2)}` (1-D quadrature and
-    inverse-CDF sampling, see :class:`_Density1D`), :math:`x_2 \\sim \\mathcal{N}(0, 1)`. Hence
-    :math:`\\log Z = \\frac d2 \\big(\\log Z_{x_1} + \\frac12\\log 2\\pi\\big)` with
-    :math:`\\log Z_{2D} = 10.293480`; the pair entropy is 1.71858 and
+    Each pair separates: :math:`x_1 \propto e^{-(x_1^4 - 6x_1^2 - x_1/2)}` (1-D quadrature and
+    inverse-CDF sampling, see :class:`_Density1D`), :math:`x_2 \sim \mathcal{N}(0, 1)`. Hence
+    :math:`\log Z = \frac d2 \big(\log Z_{x_1} + \frac12\log 2\pi\big)` with
+    :math:`\log Z_{2D} = 10.293480`; the pair entropy is 1.71858 and
     :math:`P(x_1 > 0) = 0.8443`. The box is as for :class:`ManyWell`.
 
     Args:

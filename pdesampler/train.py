@@ -29,10 +29,12 @@ from pdesampler.losses.validate import non_finite_log_prob, validate_residual
 from pdesampler.ops import Exact
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
 from pdesampler.optim.adam import (
+    DEFAULT_STEPS,
     AdamConfig,
     AdamResult,
     NonFiniteLossError,
     run_adam,
+    step_limit,
     temper_power,
 )
 from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian
@@ -108,9 +110,9 @@ def train(
     Args:
         residual: any :class:`Residual` (its parameters' dtype and device are used).
         adam: :class:`AdamConfig` or a mapping of its fields (``steps=0`` skips Adam).
-        gn: the fine-tuning phase (``None``: none): a :class:`GaussNewtonConfig`, a
-            :class:`SpringConfig`, or a mapping of its fields with ``method`` naming it
-            (``"gauss_newton"``, the default, or ``"spring"``; see
+        gn: the fine-tuning phase (``None``: none): a :class:`SpringConfig`, a
+            :class:`GaussNewtonConfig`, or a mapping of its fields with ``method`` naming it
+            (``"spring"``, the default, as ``optim=adam_gn``, or ``"gauss_newton"``; see
             :func:`pdesampler.optim.finetune_config`).
         batch_size: collocation points per Adam step.
         collocation: a sampler, or a kind for :func:`make_collocation` (``"default"``: the
@@ -127,7 +129,7 @@ def train(
         on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
             (steps and seconds count from the start of that phase).
         compile: evaluate the Adam phase's loss through ``torch.compile`` (``"auto"``: on CPU
-            for a phase of at least two minutes and 10 s per dimension, or 1000 steps; see
+            for a phase of at least five minutes and 10 s per dimension, or 1000 steps; see
             :mod:`pdesampler.compiling`); a residual that does not compile runs eagerly, with a
             warning.
     """
@@ -148,7 +150,7 @@ def train(
         if gn_cfg is not None:
             gn_cfg.max_seconds = max_seconds * share
     if validate:
-        finetuning = gn_cfg is not None and gn_cfg.steps > 0
+        finetuning = gn_cfg is not None and gn_cfg.steps != 0
         gn_product = getattr(gn_cfg, "jacobian_product", "double_vjp") if finetuning else None
         validate_residual(residual, gauss_newton=gn_product)
     dtype, device = _param_dtype_device(residual)
@@ -184,7 +186,8 @@ def train(
     residual_loss = residual.loss  # a residual of one's own may override loss(x, t) without form
     if adam_cfg.loss_form != "squares":
         residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
-    if should_compile(compile, device, adam_cfg.steps, adam_cfg.max_seconds, residual.dim):
+    adam_steps = step_limit(adam_cfg.steps, adam_cfg.max_seconds, DEFAULT_STEPS)
+    if should_compile(compile, device, adam_steps, adam_cfg.max_seconds, residual.dim):
         residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
 
     def loss_fn(step: int):
@@ -216,7 +219,7 @@ def train(
         if set_power is not None:  # the untempered target after Adam, however it ended
             set_power(1.0)
     result = TrainResult(adam_result)
-    if gn_cfg is not None and gn_cfg.steps > 0:
+    if gn_cfg is not None and gn_cfg.steps != 0:
         start = time.perf_counter()
         history = run_finetuner(
             gn_cfg,
@@ -275,7 +278,7 @@ def _train_trajectory(
             f"optim.loss_form and optim.temper_from apply to PDE residuals; the trajectory "
             f"baseline {type(loss).__name__} trains on its own path loss"
         )
-    if gn_cfg is not None and gn_cfg.steps > 0:
+    if gn_cfg is not None and gn_cfg.steps != 0:
         raise ValueError(
             f"Gauss-Newton does not apply to the trajectory baseline {type(loss).__name__} "
             f"({loss.divergence}): its loss is an expectation over simulated paths, not a "

@@ -8,30 +8,30 @@ Gaussian paths. If X_t ~ N(m_t, s_t^2 I) with X_t = m_t + (s_t / s_0)(X_0 - m_0)
     V(x, t) = log N(x; m_t, s_t^2 I),      grad V = -(x - m_t) / s_t^2,
     v(x, t) = m_t' + (s_t' / s_t)(x - m_t)                           (ODE velocity)
 
-solve the continuity equation: logCE [S8] is d/dt V + div v + grad V . v = 0, which one checks
-term by term (d/dt V = -d s_t'/s_t + |x-m_t|^2 s_t'/s_t^3 + (x-m_t).m_t'/s_t^2,
+solve the continuity equation: logCE (Sun et al. eq. (8)) is d/dt V + div v + grad V . v = 0,
+which one checks term by term (d/dt V = -d s_t'/s_t + |x-m_t|^2 s_t'/s_t^3 + (x-m_t).m_t'/s_t^2,
 div v = d s_t'/s_t, grad V . v = -(x-m_t).m_t'/s_t^2 - |x-m_t|^2 s_t'/s_t^3). For an SDE with
 diffusion sigma the same marginals come from mu = v + sigma^2/2 grad V (the inverse of the
-probability-flow relation [S66]), which solves logFP [S7].
+probability-flow relation, eq. (66)), which solves logFP (eq. (7)).
 
 The paths used:
 * displacement (OT) path: m_t = u m, s_t = 1 - u + u s with u = t/T. Its velocity is the
   gradient of Phi = m.x + (s-1)/(2 s_t) |x - u m|^2 - u |m|^2/2 (T = 1), and
-  d/dt Phi + |grad Phi|^2/2 = 0 (HJB_OT [S21]): the cross terms cancel and c'(t) = -|m|^2/2.
+  d/dt Phi + |grad Phi|^2/2 = 0 (HJB_OT, eq. (21)): the cross terms cancel and c'(t) = -|m|^2/2.
 * geometric path (annealing, linear Boltzmann interpolation): V = u log rho + (1-u) log p_prior
   - (normalizer), a Gaussian with precision (1-u) + u/s^2 and mean (u m / s^2)/precision.
 * OU path (VP-SDE from the target): m_t = a_t m, s_t^2 = a_t^2 s^2 + 1 - a_t^2,
-  a_t = exp(-B(t)/2), B(t) = int_0^t beta. Time reversal [S15] reads it at T - t; the gradient
-  flow (SPEC 4.3) reads it forwards.
+  a_t = exp(-B(t)/2), B(t) = int_0^t beta. Time reversal (eq. (15)) reads it at T - t; the
+  gradient flow (Chemseddine et al.) reads it forwards.
 * Hopf-Cole path (SB): Phi = sigma^2 log phi with phi = tau^{-d/2} exp(-|x-c|^2 / (2 tau)),
   tau(t) = tau_1 + sigma^2 (1 - t), solves the backward heat equation d/dt phi + sigma^2/2
-  Lap phi = 0, hence HJB_SB [S20]: d/dt Phi + |grad Phi|^2/2 + sigma^2/2 Lap Phi = 0. The SDE
+  Lap phi = 0, hence HJB_SB (eq. (20)): d/dt Phi + |grad Phi|^2/2 + sigma^2/2 Lap Phi = 0. The SDE
   dX = grad Phi dt + sigma dW from N(0, I) is linear: (m_t - c) is proportional to tau, so
   m_t = c (1 - tau/tau_0), and the variance solves v' = 2 (tau'/tau) v - tau', so
   v_t = tau + K tau^2 with K = (1 - tau_0)/tau_0^2 (v_0 = 1). The target is N(m_1, v_1 I).
 
 The closed forms replace the networks of a catalogue entry (the phi correction is solved from
-the entry's own parametrization [S10], so the parametrization is tested too). Time derivatives
+the entry's own parametrization, eq. (10), so the parametrization is tested too). Time derivatives
 of closed forms are taken by forward-mode AD, which is exact for these formulas.
 """
 
@@ -192,7 +192,7 @@ def install_exact(name: str, residual: TransportResidual, m: Tensor, s: float) -
         if name == "sb":
             bridge = residual.hopf_cole
             path = bridge.path
-        # [S10] with a scalar log z = log Z: phi from V; for "learned", n(t) = t log Z.
+        # Sun et al. eq. (10), scalar log z = log Z: phi from V; for "learned", n(t) = t log Z.
         if name == "learned":
             density.log_z_rate = Fn(lambda t: torch.full_like(t, LOG_Z))
             density.correction = solve_correction(residual, path.log_density, lambda t: t * LOG_Z)

@@ -1,18 +1,18 @@
 """Boundary conditions of every catalogue entry whose log-density is prescribed or pinned at an
-end of its time span, and the noise schedules of score and gradflow (issue 12, item 2).
+end of its time span, and the noise schedules of score and gradflow (docs/math.md).
 
 ``test_exact_solutions.py`` installs closed forms by inverting each entry's own coefficients,
 at interior times, so it cannot see a wrong boundary weight. Here the networks are random
 (every parameter shifted by noise, so phi, log z and the schedule are far from 0), everything is
 float64, and ``V`` is compared at ``t = 0`` and ``t = T`` with closed forms written out below:
 
-* [S10] bridges (logce, logfp, ot, sb; the anneal variants with a network log z(t)):
+* Sun et al. eq. (10) bridges (logce, logfp, ot, sb; the anneal variants with a network log z(t)):
   ``V(x, 0) = log N(x; 0, s0^2 I)`` and ``V(x, T) = log rho(x) - log z(T)``, where log z(T) is
-  the entry's estimate of log Z (SPEC 2.1);
-* Boltzmann interpolations (linear, learned; SPEC 4.1-4.2): ``V(x, 0) = log p_prior`` and
+  the entry's estimate of log Z (Sun et al. App. A.1);
+* Boltzmann interpolations (linear, learned; Máté & Fleuret): ``V(x, 0) = log p_prior`` and
   ``V(x, 1) = log rho`` before the normalizer ``int_0^t C`` (a function of t alone);
-* score (SPEC 2.2): only the terminal condition ``V(x, T) = log rho`` is imposed;
-* gradflow (SPEC 4.3): ``g_0 = log rho``; the end at t = 1 is learned.
+* score (Sun et al. eq. (15)): only the terminal condition ``V(x, T) = log rho`` is imposed;
+* gradflow (Chemseddine et al.): ``g_0 = log rho``; the end at t = 1 is learned.
 
 Both ways of evaluating ``V`` are checked: the module's ``forward`` (sampling, scores) and the
 ``jet`` the residuals use.
@@ -114,7 +114,8 @@ TIMES = torch.tensor([0.0, 0.3, 1.0, 1.7, 2.5], dtype=torch.float64)
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
 def test_score_schedule_is_the_reversed_vp_sde(schedule: str) -> None:
-    """SPEC 2.2: the noising SDE dY = -beta(s)/2 Y ds + sqrt(beta(s)) dW, reversed at s = T - t:
+    """Sun et al. eqs. (15)-(17): the noising SDE dY = -beta(s)/2 Y ds + sqrt(beta(s)) dW,
+    reversed at s = T - t:
     sigma(t)^2 = beta(T - t), mu = beta(T - t) grad V + beta(T - t)/2 x."""
     beta_min, beta_max, sigma = 0.2, 12.0, 1.7
     residual = random_entry(
@@ -122,7 +123,7 @@ def test_score_schedule_is_the_reversed_vp_sde(schedule: str) -> None:
     )
     s = T - TIMES
     if schedule == "linear":
-        beta = beta_min + (s / T) * (beta_max - beta_min)  # [S73]/[S74], in unit time s / T
+        beta = beta_min + (s / T) * (beta_max - beta_min)  # Sun et al. eqs. (73)-(74), unit time
     else:
         beta = torch.full_like(s, sigma**2)
     dynamics = residual.dynamics()
@@ -134,7 +135,7 @@ def test_score_schedule_is_the_reversed_vp_sde(schedule: str) -> None:
 
 
 def test_gradflow_schedule_is_song_et_als_vp_sde() -> None:
-    """SPEC 4.3: beta(t) = 0.1 + t (20 - 0.1) and v = -(beta(t)/2)(grad g + x)."""
+    """Chemseddine et al. eq. (31): beta(t) = 0.1 + t (20 - 0.1), v = -(beta(t)/2)(grad g + x)."""
     residual = random_entry("gradflow")
     t = torch.linspace(0, 1, 7, dtype=torch.float64)
     beta = 0.1 + t * (20.0 - 0.1)

@@ -4,7 +4,7 @@ the sampling paths equals the sampler's log-weights up to a constant, for any mo
 The file runs before tests/test_compiling.py on purpose: in one pytest process, after that file's
 uncompilable-function fallback test, sampling the perturbed gradient flow here hit a functorch
 internal error (a vmap level mismatch) that then broke every later test; it does not reproduce
-outside pytest and is reported in issue 13's note of 2026-12-03."""
+outside pytest (seen 2026-12-03)."""
 
 from __future__ import annotations
 

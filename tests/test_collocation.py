@@ -1,5 +1,6 @@
-"""Collocation samplers: the gradient flow's OU points (SPEC 4.3), the trajectory sampler's
-spread, the trajectory cache's other points, and the option check of make_collocation."""
+"""Collocation samplers: the gradient flow's OU points (Chemseddine et al. eq. (32)), the
+trajectory sampler's spread, the trajectory cache's other points, and the option check of
+make_collocation."""
 
 from __future__ import annotations
 
@@ -124,3 +125,29 @@ def test_the_ou_points_follow_the_losss_own_schedule() -> None:
     assert n.mean().abs() < 0.01 and (n.var() - 1).abs() < 0.01
     cache = make_collocation("trajectory_cache", residual, generator, dtype=torch.float64)
     assert cache.base.beta.beta_max == 10.0
+
+
+def test_rad_draws_points_in_proportion_to_their_residual() -> None:
+    """RAD's pool probabilities are eps^k / mean(eps^k) + c, normalized, with eps the weighted
+    squared residual of each point; with c = 0 a batch drawn from the pool carries a larger
+    mean residual than the pool itself, and with fraction 0 it is the box's own draw."""
+    torch.manual_seed(0)
+    residual = logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1}).double()
+    gen = torch.Generator().manual_seed(0)
+    rad = make_collocation("rad", residual, gen, dtype=torch.float64, pool=512, k=2.0, c=0.5)
+    rad.update(0)
+    (x, t), p = rad.points, rad.probabilities
+    terms = residual.residuals(x, t)
+    eps = sum(w * terms[name].detach() ** 2 for name, w in residual.weights.items())
+    expected = eps**2 / (eps**2).mean() + 0.5
+    assert torch.allclose(p, expected / expected.sum())
+    greedy = make_collocation(
+        "rad", residual, gen, dtype=torch.float64, pool=512, c=0.0, fraction=1.0
+    )
+    greedy.update(0)
+    xb, tb = greedy(4096)
+    errors = greedy.point_errors(xb, tb)
+    assert errors.mean() > 1.5 * greedy.point_errors(*greedy.points).mean()
+    plain = make_collocation("rad", residual, gen, dtype=torch.float64, fraction=0.0)
+    plain.update(0)
+    assert plain(64)[0].shape == (64, 2)

@@ -1,4 +1,4 @@
-"""The extension point (issue 7): a residual and a target written outside the package, here in
+"""The extension point: a residual and a target written outside the package, here in
 this module, get training (Adam, then Gauss-Newton), sampling, metrics and the CLI; a residual
 that torch.func cannot transform fails before training with the cause, the line and the fix."""
 

@@ -1,15 +1,15 @@
-"""The dynamics of every catalogue entry transport its prior to the target (float64).
+r"""The dynamics of every catalogue entry transport its prior to the target (float64).
 
 For each entry, ``exact_solutions.build_exact`` installs the closed-form Gaussian solution, so
 the entry's :meth:`~pdesampler.losses.base.Residual.dynamics` is known exactly:
 
-* **ODE** (and the probability-flow ODE [S66] of each SDE entry). The flow drift is the
-  velocity of a Gaussian path :math:`N(m_t, s_t^2 I)`, whose flow map is the affine map
+* **ODE** (and the probability-flow ODE, Sun et al. eq. (66), of each SDE entry). The flow
+  drift is the velocity of a Gaussian path :math:`N(m_t, s_t^2 I)`, whose flow map is the affine map
   ``path.map(x0, t0, t1)``. ``sample_ode`` (rk4, 3/8 rule) must reproduce that map point by
-  point, and its :math:`\\log q` the change of variables
-  :math:`\\log q(x_1) = \\log p_{prior}(x_0) - \\log p_{t_0}(x_0) + \\log p_{t_1}(x_1)`, both to
+  point, and its :math:`\log q` the change of variables
+  :math:`\log q(x_1) = \log p_{prior}(x_0) - \log p_{t_0}(x_0) + \log p_{t_1}(x_1)`, both to
   ``1e-4`` (the step counts below keep the rk4 error near ``1e-5``; it falls like ``h^4``).
-  The start term :math:`\\log p_{prior} - \\log p_{t_0}` vanishes except for ``score`` and
+  The start term :math:`\log p_{prior} - \log p_{t_0}` vanishes except for ``score`` and
   ``gradflow``, whose paths start at the OU law :math:`N(a m, (a^2 s^2 + 1 - a^2) I)` with
   :math:`a = e^{-B/2}`, only approximately the prior.
 * **Moments of the pushforward**, without statistical error: the sample mean and std of the
@@ -24,11 +24,11 @@ the entry's :meth:`~pdesampler.losses.base.Residual.dynamics` is known exactly:
 
 Two adaptations of the closed forms, neither touching the package:
 
-* The closed-form corrections :math:`\\varphi = (V - \\dots)/c(t)` are ``0/0`` where the
+* The closed-form corrections :math:`\varphi = (V - \dots)/c(t)` are ``0/0`` where the
   parametrization's weight :math:`c(t)` vanishes (``t = 0`` or ``T``), and rk4 evaluates the
-  drift at both ends. There :math:`c\\,\\varphi = 0` exactly, so :func:`exact_entry` evaluates
-  :math:`\\varphi` at a time clamped ``1e-6 T`` away from each end where ``c`` vanishes, which
-  leaves :math:`c\\,\\varphi` exact there and changes nothing elsewhere.
+  drift at both ends. There :math:`c\,\varphi = 0` exactly, so :func:`exact_entry` evaluates
+  :math:`\varphi` at a time clamped ``1e-6 T`` away from each end where ``c`` vanishes, which
+  leaves :math:`c\,\varphi` exact there and changes nothing elsewhere.
 * The samplers pass ``t.expand(n)`` (a stride-0 view) through ``vmap``; the closed-form
   velocities take a forward-mode derivative in ``t``, which ``torch.func.jvp`` refuses on such
   a view. :func:`exact_entry` hands the drifts ``t.clone()``.

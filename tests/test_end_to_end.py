@@ -17,7 +17,7 @@ def test_logce_learns_a_two_mode_mixture() -> None:
     train(
         residual,
         adam={"steps": 1500, "lr": 5e-3, "lr_final": 1e-4},
-        gn={"steps": 10, "cg_max_iter": 100},
+        gn={"method": "gauss_newton", "steps": 10, "cg_max_iter": 100},
         batch_size=512,
         collocation="trajectory_cache",
         collocation_options={"n_trajectories": 1000, "n_times": 50, "every": 250},

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 
 import pytest
 import torch
 
-from pdesampler import evaluate, losses, metrics, plots
+from pdesampler import evaluate, losses, metrics, plots, sampling
 from pdesampler.targets import Gaussian, GaussianMixture
 
 evaluate_module = importlib.import_module("pdesampler.evaluate")  # the name is also a function
@@ -145,7 +146,7 @@ def test_mode_metrics_from_the_targets_modes():
 
 def test_energy_floor_is_the_distance_between_two_exact_sets():
     """``energy_floor`` is geomloss's energy distance between two exact sample sets: for
-    N(1, 0.5^2 I_2) its mean is E|X-X'| / n = 0.5 sqrt(pi) / n (SPEC 6; ``metrics``), far below an
+    N(1, 0.5^2 I_2) its mean is E|X-X'| / n = 0.5 sqrt(pi) / n (docs/metrics.md), far below an
     untrained model's distance (its samples are about N(0, I), a unit shift away)."""
     torch.manual_seed(0)
     residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
@@ -154,3 +155,41 @@ def test_energy_floor_is_the_distance_between_two_exact_sets():
     expected = 0.5 * math.sqrt(math.pi) / n
     assert expected / 4 < m["energy_floor"] < 3 * expected
     assert m["energy_distance"] > 20 * m["energy_floor"]
+
+
+def test_a_spent_scoring_budget_leaves_samples_unscored_with_weight_zero() -> None:
+    """``max_seconds`` bounds the solves: a budget spent before the first batch leaves every
+    sample unscored (counted, NaN, weight 0 in log Z and ESS) and the evaluation still ends."""
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    report = evaluate(
+        residual, n_samples=300, steps=4, nll=True, n_nll=50, max_seconds=1e-9, batch_size=100
+    )
+    m = report.metrics
+    assert m["n_unscored"] == 300 and m["n_nonfinite_samples"] == 300
+    assert m["ess"] == 0 and m["dlogZ"] == math.inf
+    assert m["n_unscored_nll"] == 50 and m["nll"] is None
+    scored = evaluate(residual, n_samples=300, steps=4, nll=False, max_seconds=600)
+    assert scored.metrics["n_unscored"] == 0 and scored.metrics["ess"] > 0
+
+
+def test_scoring_budget_ends_between_batches(monkeypatch) -> None:
+    """Batches begun before the deadline are solved; the ones after it come back unscored."""
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    calls = []
+    drift = residual.dynamics()
+
+    def slow_field(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    real = sampling._solve_augmented
+    monkeypatch.setattr(sampling, "_solve_augmented", slow_field)
+    with sampling.scoring_budget(0.1) as clock:
+        out = sampling.sample_ode(
+            drift, 40, generator=torch.Generator().manual_seed(0), steps=2, batch_size=10
+        )
+    assert len(calls) == 1 and clock.unscored == 30
+    assert torch.isfinite(out.x[:10]).all() and torch.isnan(out.x[10:]).all()

@@ -1,4 +1,4 @@
-"""Tests of the matrix-free Gauss-Newton optimizer (SPEC section 5), all in float64."""
+"""Tests of the matrix-free Gauss-Newton optimizer (Sun et al. section 4), all in float64."""
 
 from __future__ import annotations
 

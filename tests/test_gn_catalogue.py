@@ -1,17 +1,17 @@
-"""Matrix-free Gauss-Newton on the real catalogue residuals (SPEC section 5), float64.
+r"""Matrix-free Gauss-Newton on the real catalogue residuals (Sun et al. section 4), float64.
 
 ``test_gauss_newton.py`` checks the optimizer on toy residuals; here every catalogue entry is
 built with tiny networks (``P <= 500`` parameters, all randomized so that the Jacobian is not
 degenerate) on a fixed batch of collocation points, and the CG direction of
 :func:`~pdesampler.optim.gauss_newton.linearize` + :func:`conjugate_gradient` must equal
 
-.. math:: \\delta = \\Big(\\frac1N J_{raw}^\\top W J_{raw} + \\varepsilon I\\Big)^{-1}
-          \\frac1N J_{raw}^\\top W r_{raw},
+.. math:: \delta = \Big(\frac1N J_{raw}^\top W J_{raw} + \varepsilon I\Big)^{-1}
+          \frac1N J_{raw}^\top W r_{raw},
 
 built independently from the explicit ``torch.func.jacrev`` Jacobian of the *unweighted*
-residual terms :math:`r_{raw} = (r_k(x_i, t_i))_{k,i}` with :math:`W = \\mathrm{diag}(\\alpha_k)`
-(so the :math:`\\sqrt{\\alpha_k / N}` weighting of ``Residual.forward`` is checked too), at the
-SPEC damping :math:`\\varepsilon = 10^{-5}`, to relative error ``1e-6``. The Woodbury solve with
+residual terms :math:`r_{raw} = (r_k(x_i, t_i))_{k,i}` with :math:`W = \mathrm{diag}(\alpha_k)`
+(so the :math:`\sqrt{\alpha_k / N}` weighting of ``Residual.forward`` is checked too), at the
+paper's damping :math:`\varepsilon = 10^{-5}`, to relative error ``1e-6``. The Woodbury solve with
 the per-point Jacobian must give the same vector, and one full ``GaussNewton.step`` must lower
 the loss.
 """
@@ -41,7 +41,7 @@ from pdesampler.optim.gauss_newton import (
 from pdesampler.targets import GMM9, Gaussian
 
 F64 = torch.float64
-EPS = 1e-5  # SPEC section 5
+EPS = 1e-5  # Sun et al. section 4
 TOL = 1e-6
 N_POINTS = 24
 NET = {"width": 6, "depth": 1}
@@ -173,7 +173,7 @@ def test_cg_direction_matches_explicit_jacobian(name: str):
 @pytest.mark.parametrize("jacobian_product", ["double_vjp", "jvp"])
 def test_cg_matches_dense_when_overdetermined(jacobian_product: str):
     """score with M = 40 residuals > P = 31 parameters, both Jacobian products (the shared
-    helper of ``test_gauss_newton.py``, at the SPEC damping)."""
+    helper of ``test_gauss_newton.py``, at the paper's damping)."""
     _, params, residual_fn, _, _ = build("score", n=40)
     assert residual_fn(params).numel() > num_params(params)
     assert_cg_matches_dense(

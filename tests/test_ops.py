@@ -155,7 +155,7 @@ def test_hutchinson_rejects_bad_arguments() -> None:
 
 
 def test_one_rademacher_probe_adds_the_coupling_penalty_to_a_squared_residual() -> None:
-    """README "The residual interface": over the 2^d Rademacher probes (an exact expectation),
+    """docs/math.md, section 8: over the 2^d Rademacher probes (an exact expectation),
     E[(v^T A v - tr A)^2] = 1/2 sum_{i != j} (A_ij + A_ji)^2 for the divergence of F(x) = A x;
     zero for a diagonal A (no penalty where the flow needs no coupling)."""
     import itertools

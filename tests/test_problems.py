@@ -43,8 +43,11 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
         "collocation_options": {"prior_box_width": 3.0},
         "net": {"width": 128, "depth": 3, "input_scale": 1.0},
         "trace": "exact",
-        "lr": 5e-3,
+        "lr": 3e-2,
         "lr_final": 1e-4,
+        "schedule": "exponential",
+        "warmup": 0.0,
+        "finetune": None,
         "batch_size": 1024,
     }
     gmm9 = problem_settings("gmm9")
@@ -116,7 +119,7 @@ def test_the_app_composes_presets_and_command_line_choices_win(
 
 @pytest.mark.parametrize("problem", ["gmm9", "mw5", "fab_mw8"])
 def test_the_fine_tuning_preset_is_spring_on_a_width_64_network(problem: str) -> None:
-    """optim=adam_gn: SPRING after Adam, at width 64 (README "Network size"); the width and the
+    """optim=adam_gn: SPRING after Adam, at width 64 (docs/results/bench_hard.md); the width and the
     SPRING settings stay overridable, and the Adam-only preset keeps the problem's width."""
     cfg = composed(f"problem={problem}", "optim=adam_gn")
     assert cfg.optim.gn.method == "spring" and cfg.optim.gn.momentum == 0.99
@@ -241,3 +244,16 @@ def test_the_app_builds_the_configured_trace_estimator(kind: str) -> None:
     assert type(residual.estimator) is expected
     x, t = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
     assert torch.isfinite(residual(x, t)).all()
+
+
+def test_a_preset_can_name_its_fine_tuner_and_optim_gn_null_runs_adam_alone() -> None:
+    """``problem.finetune`` is the fine-tuner ``optim=adam`` runs after Adam; ``optim.gn=null``
+    turns it off, and a named optimizer (``optim=adam_gn_lm``) replaces it."""
+    spring = "problem.finetune={method:spring,time_fraction:0.5,batch_size:256}"
+    cfg = composed("target=mw5", spring)
+    gn = OmegaConf.to_container(cfg.optim.gn, resolve=True)
+    assert gn == {"method": "spring", "time_fraction": 0.5, "batch_size": 256}
+    assert composed("target=mw5", spring, "optim.gn=null").optim.gn is None
+    assert composed("target=mw5", spring, "optim=adam_gn_lm").optim.gn.method == "gauss_newton"
+    assert composed("target=gmm9").optim.gn is None  # the shipped presets name none
+    assert composed("target=gmm9").optim.steps is None  # no step cap under a budget

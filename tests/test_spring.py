@@ -191,7 +191,8 @@ def test_spring_config_names_the_bad_key(kwargs, message):
 
 def test_finetune_config_picks_the_method_and_names_unknown_ones():
     assert isinstance(finetune_config({"method": "spring", "momentum": 0.9}), SpringConfig)
-    assert isinstance(finetune_config({"damping": 1e-3}), GaussNewtonConfig)
+    assert isinstance(finetune_config({"damping": 1e-3}), SpringConfig)  # as optim=adam_gn
+    assert isinstance(finetune_config({"method": "gauss_newton"}), GaussNewtonConfig)
     with pytest.raises(ValueError, match="unknown fine-tuning method 'lbfgs'"):
         finetune_config({"method": "lbfgs"})
     with pytest.raises(ValueError, match=r"unknown SpringConfig keys \['line_search'\]"):

@@ -1,13 +1,13 @@
-"""The gradient flow's backward ODE on a stiff case with a known answer.
+r"""The gradient flow's backward ODE on a stiff case with a known answer.
 
-The gradient-flow drift (SPEC 4.3) is :math:`v = -\\tfrac{\\beta}2(\\nabla\\log p_t + x)`,
-integrated from ``t = 1`` back to ``t = 0``. For a target :math:`\\mathcal{N}(m, s^2)` and a
-constant :math:`\\beta` its path is the OU law :math:`p_t = \\mathcal{N}(a_t m, v_t)`,
-:math:`a_t = e^{-\\beta t/2}`, :math:`v_t = a_t^2 s^2 + 1 - a_t^2`, so it relaxes at the rate
-:math:`\\beta/(2 v_t)`, up to :math:`\\beta/(2 s^2) = 4000` for :math:`s = 0.05`, :math:`\\beta = 20`:
-stiff near ``t = 0``, as :math:`\\nabla\\log\\rho \\sim -4x^3` makes the many-wells stiff where
-samples stray. The flow map is :math:`x_0 = m + s(x_1 - a_1 m)/\\sqrt{v_1}` and
-:math:`\\log q(x_0) = \\log\\mathcal{N}(x_1; 0, 1) - \\log(s/\\sqrt{v_1})`. A fixed rk4 grid misses
+The gradient-flow drift (Chemseddine et al.) is :math:`v = -\tfrac{\beta}2(\nabla\log p_t + x)`,
+integrated from ``t = 1`` back to ``t = 0``. For a target :math:`\mathcal{N}(m, s^2)` and a
+constant :math:`\beta` its path is the OU law :math:`p_t = \mathcal{N}(a_t m, v_t)`,
+:math:`a_t = e^{-\beta t/2}`, :math:`v_t = a_t^2 s^2 + 1 - a_t^2`, so it relaxes at the rate
+:math:`\beta/(2 v_t)`, up to :math:`\beta/(2 s^2) = 4000` for :math:`s = 0.05`, :math:`\beta = 20`:
+stiff near ``t = 0``, as :math:`\nabla\log\rho \sim -4x^3` makes the many-wells stiff where
+samples stray. The flow map is :math:`x_0 = m + s(x_1 - a_1 m)/\sqrt{v_1}` and
+:math:`\log q(x_0) = \log\mathcal{N}(x_1; 0, 1) - \log(s/\sqrt{v_1})`. A fixed rk4 grid misses
 them; ``method="auto"`` (the gradient flow's dopri5) recovers them.
 """
 

@@ -1,4 +1,4 @@
-"""Suites that fan out and survive being killed (issue 12, item 6): a lock per run directory,
+"""Suites that fan out and survive being killed: a lock per run directory,
 ``suite.jobs`` local processes at a time or submitit's executor, and a suite killed with
 SIGKILL that, rerun, redoes no finished run and resumes the interrupted one from its checkpoint.
 """
@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from pdesampler.launch import RunLockedError, is_locked, run_lock
 from pdesampler.runner import run_experiment
-from pdesampler.suite import collect, run_suite, table_markdown
+from pdesampler.suite import collect, run_line, run_suite, table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -92,10 +92,13 @@ def suite_config(results: Path, *overrides: str):
 @pytest.mark.parametrize(
     "launcher", ["local", pytest.param("submitit_local", marks=pytest.mark.slow)]
 )
-def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher):
+def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher, capsys):
     results = tmp_path / "results"
     cfg = suite_config(results, f"suite.launcher={launcher}", "suite.jobs=2")
     rows = run_suite(cfg)
+    printed = capsys.readouterr().err
+    for name in ("logce", "linear"):  # one line per finished run, as it ends
+        assert re.search(rf"^{name}  train \d+ s  score \d+ s  ESS \S+  dlogZ \S+", printed, re.M)
     assert sorted(row["run"] for row in rows) == ["linear", "logce"]
     (a_start, a_end), (b_start, b_end) = (
         starts_and_ends(results / name / "run.log")[0] for name in ("logce", "linear")
@@ -231,3 +234,13 @@ def test_suite_killed_mid_run_resumes_without_redoing_finished_runs(tmp_path: Pa
     table = (results / "table.md").read_text()
     assert "| Gaussian | short |" in table and "| Gaussian | long |" in table
     assert len(json.loads((results / "results.json").read_text())) == 2
+
+
+def test_a_finished_run_is_one_line() -> None:
+    metrics = {"train_seconds": 120.4, "score_seconds": 14.2, "ess": 0.99312, "dlogZ": 0.0042,
+               "modes_covered": 9, "n_modes": 9, "n_unscored": 0}  # fmt: skip
+    assert run_line("gmm9_logce", metrics) == (
+        "gmm9_logce  train 120 s  score 14 s  ESS 0.9931  dlogZ 0.0042  modes 9/9"
+    )
+    line = run_line("mw5_gradflow", {**metrics, "n_modes": None, "n_unscored": 37, "ess": None})
+    assert line.endswith("ESS -  dlogZ 0.0042  unscored 37")

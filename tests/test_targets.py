@@ -1,4 +1,4 @@
-"""Tests of the exact targets (SPEC section 7) against references computed here, independently of
+"""Tests of the exact targets (docs/targets.md) against references computed here, independently of
 the package: scipy quadrature for log Z, entropies and CDFs, Monte Carlo importance sampling for
 the mixtures, and the papers' constants."""
 
@@ -175,7 +175,7 @@ def test_fab_many_well_stddevs_entropy_and_deep_well():
     std1 = math.sqrt(second - mean**2)
     torch.testing.assert_close(target.stddevs, torch.tensor([std1, 1.0] * 4, dtype=torch.float64))
     entropy_pair = math.log(z1) - e_f + 0.5 * (1 + LOG_2PI)
-    assert abs(entropy_pair - 1.71858) < 1e-5  # SPEC section 6
+    assert abs(entropy_pair - 1.71858) < 1e-5  # the reference of docs/targets.md
     assert abs(target.entropy - 4 * entropy_pair) < 1e-9
     assert abs(target.entropy - 6.874) < 5e-4
     p_deep = integrate.quad(lambda x: math.exp(fab_f(x)), 0.0, 8.0)[0] / z1
@@ -190,7 +190,7 @@ def test_mixture_entropies():
     separated = math.log(9) + 1 + LOG_2PI + math.log(0.3)
     assert 0 < separated - gmm9.entropy < 1e-4
     gmm40 = GMM40()
-    assert abs(gmm40.entropy - 6.859) < 5e-4  # SPEC section 6
+    assert abs(gmm40.entropy - 6.859) < 5e-4  # the reference of docs/targets.md
     assert gmm40.entropy_stderr == 0.0  # 2-D: computed by quadrature
     estimate, se = gmm40.entropy_mc(40_000, gen(3))
     assert abs(estimate - gmm40.entropy) < 5 * se

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from pdesampler.losses import logce, pis_kl
-from pdesampler.optim.adam import AdamConfig, NonFiniteLossError, run_adam
+from pdesampler.optim.adam import (
+    DEFAULT_STEPS,
+    AdamConfig,
+    NonFiniteLossError,
+    learning_rate,
+    run_adam,
+)
 from pdesampler.targets import Gaussian
 from pdesampler.train import train
 
@@ -211,7 +217,7 @@ def test_gauss_newton_phase_runs_after_adam_and_does_not_increase_loss() -> None
     out = train(
         residual,
         adam={"steps": 30},
-        gn={"steps": 3, "cg_max_iter": 50},
+        gn={"method": "gauss_newton", "steps": 3, "cg_max_iter": 50},
         batch_size=64,
         progress=False,
     )
@@ -230,7 +236,7 @@ def test_gauss_newton_keeps_shared_parameters_trainable() -> None:
     train(
         residual,
         adam={"steps": 5},
-        gn={"steps": 2, "cg_max_iter": 10},
+        gn={"method": "gauss_newton", "steps": 2, "cg_max_iter": 10},
         batch_size=32,
         progress=False,
     )
@@ -239,3 +245,51 @@ def test_gauss_newton_keeps_shared_parameters_trainable() -> None:
         isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params.values()
     )
     train(residual, adam={"steps": 3}, batch_size=32, progress=False)
+
+
+@pytest.mark.parametrize("schedule", ["exponential", "cosine", "warmup_cosine", "wsd"])
+def test_every_schedule_runs_from_lr_to_lr_final(schedule: str) -> None:
+    cfg = AdamConfig(lr=1e-2, lr_final=1e-4, schedule=schedule, warmup=0.1, decay=0.3)
+    assert learning_rate(cfg, 0.0) == pytest.approx(1e-4)  # warm-up starts at lr_final
+    assert learning_rate(cfg, 0.1) == pytest.approx(1e-2)
+    assert learning_rate(cfg, 1.0) == pytest.approx(1e-4)
+    rates = [learning_rate(cfg, p / 100) for p in range(10, 101)]
+    assert all(a >= b - 1e-15 for a, b in itertools.pairwise(rates))  # no rise after warm-up
+
+
+def test_schedules_match_their_closed_forms() -> None:
+    lr0, lr1 = 1e-2, 1e-4
+    exp = AdamConfig(lr=lr0, lr_final=lr1)
+    cos = AdamConfig(lr=lr0, lr_final=lr1, schedule="cosine")
+    warm = AdamConfig(lr=lr0, lr_final=lr1, schedule="warmup_cosine", warmup=0.2)
+    wsd = AdamConfig(lr=lr0, lr_final=lr1, schedule="wsd", warmup=0.1, decay=0.25)
+    for p in (0.0, 0.3, 0.5, 0.77, 1.0):
+        assert learning_rate(exp, p) == pytest.approx(lr0 * (lr1 / lr0) ** p)
+        assert learning_rate(cos, p) == pytest.approx(
+            lr1 + (lr0 - lr1) * (1 + math.cos(math.pi * p)) / 2
+        )
+    assert learning_rate(warm, 0.1) == pytest.approx((lr0 + lr1) / 2)  # half-way up the ramp
+    assert learning_rate(warm, 0.6) == pytest.approx((lr0 + lr1) / 2)  # half-way down the cosine
+    assert learning_rate(wsd, 0.05) == pytest.approx((lr0 + lr1) / 2)
+    assert learning_rate(wsd, 0.5) == lr0 == learning_rate(wsd, 0.75)  # stable
+    assert learning_rate(wsd, 0.875) == pytest.approx(math.sqrt(lr0 * lr1))  # geometric mid-decay
+    assert learning_rate(AdamConfig(lr=lr0, schedule="constant"), 0.9) == lr0
+    with pytest.raises(ValueError, match="schedule must be exponential"):
+        AdamConfig(schedule="step")
+
+
+def test_a_wall_clock_budget_is_not_cut_short_by_a_default_step_cap() -> None:
+    """``steps=None`` (the config default) runs to the budget; the schedule then follows the
+    elapsed time, and without a budget it stops at ``DEFAULT_STEPS``."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    module = torch.nn.Module()
+    module.weight = weight
+
+    def loss_fn(step: int):
+        return (weight**2).sum(), {}
+
+    timed = run_adam(module, loss_fn, AdamConfig(max_seconds=2.0), progress=False)
+    assert timed.steps > DEFAULT_STEPS
+    assert timed.history[-1]["lr"] < 2e-4  # annealed to lr_final = 1e-4 on elapsed time
+    plain = run_adam(module, loss_fn, AdamConfig(), progress=False)
+    assert plain.steps == DEFAULT_STEPS

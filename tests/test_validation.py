@@ -1,4 +1,4 @@
-"""Inputs that make no sense fail in one line (issue 12).
+"""Inputs that make no sense fail in one line.
 
 Targets whose log-density is not finite on the collocation box are named with a point and the
 value, before training (a dense probe of the box) or, when validation is skipped, at the first

@@ -1,4 +1,4 @@
-"""The Residual interface and the loss catalogue (SPEC sections 2 and 4)."""
+"""The Residual interface and the loss catalogue (docs/losses.md; the equations: docs/math.md)."""
 
 from __future__ import annotations
 

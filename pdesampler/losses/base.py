@@ -1,13 +1,13 @@
-"""The Residual interface: one PDE residual over ``(x, t)`` plus the dynamics to sample from it.
+r"""The Residual interface: one PDE residual over ``(x, t)`` plus the dynamics to sample from it.
 
 A :class:`Residual` is an ``nn.Module`` that owns its networks and defines named pointwise
-terms :math:`r_k(x, t)` with weights :math:`\\alpha_k`. Its loss is
+terms :math:`r_k(x, t)` with weights :math:`\alpha_k`. Its loss is
 
-.. math:: L = \\sum_k \\alpha_k \\frac1N \\sum_{i=1}^N r_k(x_i, t_i)^2,
+.. math:: L = \sum_k \alpha_k \frac1N \sum_{i=1}^N r_k(x_i, t_i)^2,
 
-the squared norm of the stacked vector :math:`\\big(\\sqrt{\\alpha_k / N}\\, r_k(x_i, t_i)\\big)_{k,i}`
+the squared norm of the stacked vector :math:`\big(\sqrt{\alpha_k / N}\, r_k(x_i, t_i)\big)_{k,i}`
 that :meth:`Residual.forward` returns. Adam minimizes that norm, Gauss-Newton linearizes that
-vector through ``torch.func.functional_call`` (SPEC section 5), and the samplers integrate
+vector through ``torch.func.functional_call`` (Sun et al. section 4), and the samplers integrate
 :meth:`Residual.dynamics`. None of them knows which residual it holds.
 
 To write a residual, subclass :class:`Residual` and implement :meth:`point_residuals` for a
@@ -53,18 +53,19 @@ class PathReference(Protocol):
 
 @dataclass
 class Dynamics:
-    """What sampling needs from a residual: :math:`dX = \\mu\\,dt + \\sigma(t)\\,dW` on
+    r"""What sampling needs from a residual: :math:`dX = \mu\,dt + \sigma(t)\,dW` on
     ``[t0, t1]`` (``t1 < t0`` runs backwards in time), started from ``prior`` at ``t0``.
 
     Attributes:
-        drift: :math:`\\mu(x, t)` for one point, ``(d,), () -> (d,)``.
+        drift: :math:`\mu(x, t)` for one point, ``(d,), () -> (d,)``.
         prior: the distribution of :math:`X_{t_0}` (``sample`` and normalized ``log_prob``).
         t0: the start time.
         t1: the end time, where the samples should follow the target.
-        diffusion: the scalar :math:`\\sigma(t)`; identically 0 for an ODE.
-        flow_drift: the probability-flow drift :math:`\\mu - \\tfrac12\\sigma\\sigma^\\top\\nabla V`
-            [S66] whose continuity equation has the same marginals. Its divergence gives the
-            log-density rate :math:`\\tfrac{d}{dt}\\log p(X_t) = -\\nabla\\cdot\\mu_{ODE}` [S64].
+        diffusion: the scalar :math:`\sigma(t)`; identically 0 for an ODE.
+        flow_drift: the probability-flow drift :math:`\mu - \tfrac12\sigma\sigma^\top\nabla V`
+            (Sun et al. eq. (66)) whose continuity equation has the same marginals. Its
+            divergence gives the log-density rate
+            :math:`\tfrac{d}{dt}\log p(X_t) = -\nabla\cdot\mu_{ODE}` (Sun et al. eq. (64)).
             Equal to ``drift`` for an ODE.
         stochastic: whether samples come from the SDE (``True``) or the ODE.
         flow_jet: optional ``(x, t, probes) -> VectorJet`` of ``flow_drift`` with its exact
@@ -186,7 +187,8 @@ class Residual(nn.Module):
         return total, {k: v.detach() for k, v in parts.items()}
 
     def log_z_estimate(self) -> float | None:
-        """The learned estimate of :math:`\\log Z` (for example :math:`\\log z(T)` of [S10]),
+        r"""The learned estimate of :math:`\log Z` (for example :math:`\log z(T)` of Sun et al.
+        eq. (10)),
         or ``None`` when the parametrization carries none."""
         return None
 

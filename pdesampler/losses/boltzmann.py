@@ -1,18 +1,18 @@
-"""Boltzmann interpolations (SPEC section 4; Máté & Fleuret 2023; Chemseddine et al. 2024).
+r"""Boltzmann interpolations (Máté & Fleuret 2023; Chemseddine et al. 2024; docs/math.md, 5).
 
-A Boltzmann curve :math:`\\rho_t = e^{-f_t}/Z_t` with velocity :math:`v_t` satisfies
+A Boltzmann curve :math:`\rho_t = e^{-f_t}/Z_t` with velocity :math:`v_t` satisfies
 
-.. math:: \\partial_t f_t + C_t + \\langle\\nabla f_t, v_t\\rangle - \\nabla\\cdot v_t = 0,
-          \\qquad C_t = \\tfrac{d}{dt}\\log Z_t,
+.. math:: \partial_t f_t + C_t + \langle\nabla f_t, v_t\rangle - \nabla\cdot v_t = 0,
+          \qquad C_t = \tfrac{d}{dt}\log Z_t,
 
-which is logCE [S8] with :math:`V = -f_t - \\log Z_t` and :math:`\\mu = v_t` (the residual
-changes sign only). So each interpolation is a :class:`TransportResidual` without diffusion,
-whose log-density path carries the learned rate :math:`C_t` in :math:`\\partial_t V`.
+which is logCE (Sun et al. eq. (8)) with :math:`V = -f_t - \log Z_t` and :math:`\mu = v_t`
+(the residual changes sign only). So each interpolation is a :class:`TransportResidual` without
+diffusion, whose log-density path carries the learned rate :math:`C_t` in :math:`\partial_t V`.
 
-The energies use the normalized prior: :math:`-f_t = (1 - t)\\log p_{prior} + t\\log\\rho
-+ t(1 - t)\\psi` differs from :math:`(1 - t)(-f_Z) + \\dots` by a function of ``t`` alone,
-which :math:`C_t` absorbs; then :math:`V(\\cdot, 0)` is normalized and
-:math:`\\int_0^1 C_t\\,dt` estimates :math:`\\log Z`.
+The energies use the normalized prior: :math:`-f_t = (1 - t)\log p_{prior} + t\log\rho
++ t(1 - t)\psi` differs from :math:`(1 - t)(-f_Z) + \dots` by a function of ``t`` alone,
+which :math:`C_t` absorbs; then :math:`V(\cdot, 0)` is normalized and
+:math:`\int_0^1 C_t\,dt` estimates :math:`\log Z`.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def linear(
     log_z_init: float | str = "prior",
     **kw,
 ) -> TransportResidual:
-    """Linear interpolation (SPEC 4.1): :math:`f_t = (1 - t) f_Z + t f_D`; learn :math:`v_t` and
-    :math:`C_t`. Collocation follows the current ODE trajectories."""
+    """Linear interpolation (Chemseddine et al. eq. (20)): :math:`f_t = (1 - t) f_Z + t f_D`;
+    learn :math:`v_t` and :math:`C_t`. Collocation follows the current ODE trajectories."""
     return _interpolation(
         target,
         learn_psi=False,
@@ -98,8 +98,9 @@ def learned(
     log_z_init: float | str = "prior",
     **kw,
 ) -> TransportResidual:
-    """Learned interpolation (SPEC 4.2, Máté & Fleuret): :math:`f_t = (1 - t) f_Z + t f_D +
-    t(1 - t)\\psi_t`; learn :math:`\\psi`, :math:`v_t` and :math:`C_t`."""
+    r"""Learned interpolation (Máté & Fleuret; Chemseddine et al. eq. (23)):
+    :math:`f_t = (1 - t) f_Z + t f_D + t(1 - t)\psi_t`; learn :math:`\psi`, :math:`v_t` and
+    :math:`C_t`."""
     return _interpolation(
         target,
         learn_psi=True,
@@ -123,40 +124,40 @@ def gradflow(
     follow_modes: bool | str = "auto",
     **kw,
 ) -> TransportResidual:
-    """Gradient-flow interpolation (SPEC 4.3, Chemseddine et al.).
+    r"""Gradient-flow interpolation (Chemseddine et al. eqs. (25)-(32); docs/math.md, 5.3).
 
-    The curve is the law of the VP-SDE :math:`dX = -\\tfrac{\\beta(t)}2 X\\,dt +
-    \\sqrt{\\beta(t)}\\,dW` started at the target, :math:`\\beta(t) = \\beta_{min} +
-    t(\\beta_{max} - \\beta_{min})`. Its Fokker-Planck equation is the continuity equation with
-    :math:`v = -\\tfrac{\\beta}2(\\nabla g + x)`, so with :math:`V = g_t - \\int_0^t C`:
+    The curve is the law of the VP-SDE :math:`dX = -\tfrac{\beta(t)}2 X\,dt +
+    \sqrt{\beta(t)}\,dW` started at the target, :math:`\beta(t) = \beta_{min} +
+    t(\beta_{max} - \beta_{min})`. Its Fokker-Planck equation is the continuity equation with
+    :math:`v = -\tfrac{\beta}2(\nabla g + x)`, so with :math:`V = g_t - \int_0^t C`:
 
-    .. math:: r = \\partial_t g - C_t + \\langle\\nabla g, v\\rangle - \\tfrac{\\beta}2(\\Delta g + d),
+    .. math:: r = \partial_t g - C_t + \langle\nabla g, v\rangle - \tfrac{\beta}2(\Delta g + d),
 
-    with :math:`g_t = t\\,\\psi + (t\\,s(t) + 1 - t)\\log\\rho` (:math:`g_0 = \\log\\rho` exactly).
-    Sampling integrates the ODE backwards, from :math:`\\mathcal{N}(0, I)` at ``t = 1`` to
+    with :math:`g_t = t\,\psi + (t\,s(t) + 1 - t)\log\rho` (:math:`g_0 = \log\rho` exactly).
+    Sampling integrates the ODE backwards, from :math:`\mathcal{N}(0, I)` at ``t = 1`` to
     ``t = 0``, by default with the adaptive dopri5 (``ode_method``): on the many-wells
-    :math:`\\nabla\\log\\rho \\sim -4x^3` with :math:`\\beta` up to 20 makes the ODE stiff
-    where samples stray, and a fixed rk4 grid of 100 steps diverged there (README "Sampling").
+    :math:`\nabla\log\rho \sim -4x^3` with :math:`\beta` up to 20 makes the ODE stiff
+    where samples stray, and a fixed rk4 grid of 100 steps diverged there (docs/sampling.md).
     ``learn_rate`` adds the optional :math:`C_t`.
 
-    ``positive_weight`` (default) learns the weight of :math:`\\log\\rho` as
-    :math:`w(t) = t\\,s(t) + 1 - t = e^{t\\,u(t)}` (:class:`GradientFlowCoefficients`), starting
+    ``positive_weight`` (default) learns the weight of :math:`\log\rho` as
+    :math:`w(t) = t\,s(t) + 1 - t = e^{t\,u(t)}` (:class:`GradientFlowCoefficients`), starting
     at :math:`u = -4` (:data:`WEIGHT_RATE_INIT`). A free :math:`s` drifts below
     :math:`-(1 - t)/t` near ``t = 1``, where the true :math:`g_t` has Gaussian tails and
     :math:`w` should be about 0 (trained on the many-wells for 150 s: :math:`w(1)` = -0.015 on
     MW 5/5/4, -0.037 on ManyWell-8). A negative weight turns the :math:`-4x^3` of
-    :math:`\\nabla\\log\\rho` into a :math:`+x^3` growth of the backward ODE, whose samples
+    :math:`\nabla\log\rho` into a :math:`+x^3` growth of the backward ODE, whose samples
     then blow up in finite time (94.7% of 10 000 on MW 5/5/4); with :math:`w > 0` the term only
     pulls strays back: stiff, but stable.
 
     ``follow_modes`` reads the target term where the OU path has carried it,
-    :math:`g_t = t\\,\\psi + a_t^2\\,w(t)\\log\\rho(x / a_t)` with :math:`a_t = e^{-B(t)/2}`
-    (:math:`w` starts at 1, :math:`u = 0`): exact with :math:`\\psi = 0` and :math:`w = 1` for a
-    target :math:`\\mathcal N(\\mu, I)`, and close to exact near well-separated Gaussian modes,
-    which the fixed :math:`\\log\\rho(x)` leaves in place while the path moves them by
-    :math:`(1 - a_t)|\\mu|` (GMM-40: 2 at ``t = 0.1``, more than a mode's width), leaving
-    :math:`\\psi` to build forty moving bumps. :math:`a_t^2\\log\\rho(x / a_t)` stays bounded as
-    :math:`a_t \\to 0` only where :math:`-\\log\\rho` grows at most like :math:`|x|^2`, so
+    :math:`g_t = t\,\psi + a_t^2\,w(t)\log\rho(x / a_t)` with :math:`a_t = e^{-B(t)/2}`
+    (:math:`w` starts at 1, :math:`u = 0`): exact with :math:`\psi = 0` and :math:`w = 1` for a
+    target :math:`\mathcal N(\mu, I)`, and close to exact near well-separated Gaussian modes,
+    which the fixed :math:`\log\rho(x)` leaves in place while the path moves them by
+    :math:`(1 - a_t)|\mu|` (GMM-40: 2 at ``t = 0.1``, more than a mode's width), leaving
+    :math:`\psi` to build forty moving bumps. :math:`a_t^2\log\rho(x / a_t)` stays bounded as
+    :math:`a_t \to 0` only where :math:`-\log\rho` grows at most like :math:`|x|^2`, so
     ``"auto"`` (default) follows the modes when :func:`pdesampler.targets.tail_exponent` is at
     most :data:`FOLLOW_MODES_MAX_TAIL` (Gaussian mixtures), not on the many-wells (:math:`x^4`).
     """

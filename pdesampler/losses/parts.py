@@ -1,14 +1,14 @@
-"""The parts every catalogue entry is composed of (DESIGN.md, "The idea that shapes the code").
+r"""The parts every catalogue entry is composed of (docs/losses.md; the equations: docs/math.md).
 
 Three independent axes:
 
 1. **Log-density** :math:`V(x, t)` (:class:`LogDensityPath`): a time-dependent combination of
-   :math:`\\log\\rho`, :math:`\\log p_{prior}` and a learned correction, minus a normalizer.
-2. **Drift** :math:`\\mu(x, t)`: a free network (:class:`FreeDrift`), the gradient of a
+   :math:`\log\rho`, :math:`\log p_{prior}` and a learned correction, minus a normalizer.
+2. **Drift** :math:`\mu(x, t)`: a free network (:class:`FreeDrift`), the gradient of a
    potential (:class:`GradientDrift`, OT and SB), or fixed by :math:`V`
    (:class:`ScoreDrift`, time reversal and gradient flow).
 3. **PDE**: the log-Fokker-Planck residual (:func:`log_fokker_planck`, logCE when
-   :math:`\\sigma = 0`) and the optional HJB regularizer (:func:`hjb`).
+   :math:`\sigma = 0`) and the optional HJB regularizer (:func:`hjb`).
 
 All parts act on one point ``x`` of shape ``(d,)`` and a scalar ``t``; the Residual vmaps them.
 """
@@ -97,8 +97,9 @@ class LinearBeta(nn.Module):
         return self.beta_min + _unit_time(t, self.T) * (self.beta_max - self.beta_min)
 
     def signal_scale(self, t: Tensor) -> Tensor:
-        """:math:`a_t = e^{-B(t)/2}` with :math:`B(t) = \\int_0^t\\beta = t(\\beta(0) + \\beta(t))/2`:
-        the VP-SDE started at ``X_0`` has :math:`X_t = a_t X_0 + \\sqrt{1 - a_t^2}\\,N` (SPEC 4.3)."""
+        r""":math:`a_t = e^{-B(t)/2}` with :math:`B(t) = \int_0^t\beta = t(\beta(0) + \beta(t))/2`:
+        the VP-SDE started at ``X_0`` has :math:`X_t = a_t X_0 + \sqrt{1 - a_t^2}\,N`
+        (Chemseddine et al. eq. (32))."""
         return torch.exp(-0.25 * t * (self.forward(torch.zeros_like(t)) + self.forward(t)))
 
 
@@ -111,8 +112,9 @@ class Coefficients(nn.Module):
 
 
 class BridgeCoefficients(Coefficients):
-    """[S10]: :math:`a = t/T`, :math:`b = 1 - t/T`, :math:`c = (t/T)(1 - t/T)`: both boundary
-    conditions hold exactly. Also the Boltzmann energies of Máté & Fleuret (SPEC 4.1-4.2)."""
+    """Sun et al. eq. (10): :math:`a = t/T`, :math:`b = 1 - t/T`, :math:`c = (t/T)(1 - t/T)`:
+    both boundary conditions hold exactly. Also the Boltzmann energies of Máté & Fleuret
+    (docs/math.md, 5.2)."""
 
     def __init__(self, T: float = 1.0) -> None:
         super().__init__()
@@ -124,9 +126,10 @@ class BridgeCoefficients(Coefficients):
 
 
 class ReverseCoefficients(Coefficients):
-    """Time reversal (SPEC 2.2, score): :math:`a = t/T`, :math:`b = c = 1 - t/T`. Only the terminal
-    condition :math:`V(\\cdot, T) = \\log\\rho` is imposed; :math:`V(\\cdot, 0) = \\log p_Y(\\cdot, T)`
-    is only approximately the prior, so the correction stays free at ``t = 0``."""
+    r"""Time reversal (score, Sun et al. eq. (15)): :math:`a = t/T`, :math:`b = c = 1 - t/T`.
+    Only the terminal condition :math:`V(\cdot, T) = \log\rho` is imposed;
+    :math:`V(\cdot, 0) = \log p_Y(\cdot, T)` is only approximately the prior, so the correction
+    stays free at ``t = 0``."""
 
     def __init__(self, T: float = 1.0) -> None:
         super().__init__()
@@ -138,19 +141,19 @@ class ReverseCoefficients(Coefficients):
 
 
 class GradientFlowCoefficients(Coefficients):
-    """Gradient flow (SPEC 4.3): :math:`g_t = t\\,\\psi(x, t) + w(t)\\log\\rho` with
-    :math:`w(t) = t\\,s(t) + 1 - t` for a learned schedule :math:`s(t)` (``None``: 0), so
-    :math:`g_0 = \\log\\rho` exactly. Unit time.
+    r"""Gradient flow (Chemseddine et al.; docs/math.md, 5.3):
+    :math:`g_t = t\,\psi(x, t) + w(t)\log\rho` with :math:`w(t) = t\,s(t) + 1 - t` for a
+    learned schedule :math:`s(t)` (``None``: 0), so :math:`g_0 = \log\rho` exactly. Unit time.
 
-    ``positive_weight`` reads the schedule network :math:`u` as :math:`w(t) = e^{t\\,u(t)}`
-    instead: the same family with :math:`s > -(1 - t)/t`, so the weight of :math:`\\log\\rho`
+    ``positive_weight`` reads the schedule network :math:`u` as :math:`w(t) = e^{t\,u(t)}`
+    instead: the same family with :math:`s > -(1 - t)/t`, so the weight of :math:`\log\rho`
     stays positive (see :func:`pdesampler.losses.gradflow`) and :math:`w(0) = 1` still. Without
     a schedule :math:`w = 1 - t` either way.
 
     ``signal`` (a :class:`LinearBeta`) multiplies the weight by :math:`a_t^2`, the weight for
-    :math:`\\log\\rho(x / a_t)` that follows the modes (:class:`LogDensityPath` ``rho_scale``):
-    for a target :math:`\\mathcal N(\\mu, I)` the path is :math:`\\mathcal N(a_t\\mu, I)`, i.e.
-    exactly :math:`a_t^2\\log\\rho(x / a_t)` up to a function of ``t``."""
+    :math:`\log\rho(x / a_t)` that follows the modes (:class:`LogDensityPath` ``rho_scale``):
+    for a target :math:`\mathcal N(\mu, I)` the path is :math:`\mathcal N(a_t\mu, I)`, i.e.
+    exactly :math:`a_t^2\log\rho(x / a_t)` up to a function of ``t``."""
 
     def __init__(
         self,
@@ -174,10 +177,11 @@ class GradientFlowCoefficients(Coefficients):
 
 
 def prior_log_z(target: Target, prior: Target, n: int = 10_000, seed: int = 0) -> float:
-    """The importance-sampling estimate of :math:`\\log Z` from the prior (SPEC 6's estimator
-    with the prior as proposal): :math:`\\log \\tfrac1n \\sum_i \\rho(x_i) / p_{prior}(x_i)`,
-    :math:`x_i \\sim p_{prior}`. A lower bound in expectation (Jensen); where the prior misses
-    the target's mass it is low, yet still a better start for :math:`\\log z` than 0."""
+    r"""The importance-sampling estimate of :math:`\log Z` from the prior (``log_Z_is`` of
+    docs/metrics.md with the prior as proposal):
+    :math:`\log \tfrac1n \sum_i \rho(x_i) / p_{prior}(x_i)`, :math:`x_i \sim p_{prior}`. A lower
+    bound in expectation (Jensen); where the prior misses the target's mass it is low, yet still a
+    better start for :math:`\log z` than 0."""
     with torch.no_grad():
         x = prior.sample(n, generator=torch.Generator().manual_seed(seed))
         return log_z_importance(log_weights(target.log_prob(x), prior.log_prob(x)))
@@ -195,7 +199,7 @@ def resolve_log_z_init(value: float | str, target: Target, prior: Target) -> flo
 
 
 class ScalarLogZ(nn.Module):
-    """A learnable constant :math:`\\log z` (SPEC 2.1, used when phi is learned)."""
+    r"""A learnable constant :math:`\log z` (Sun et al. eq. (10), used when phi is learned)."""
 
     def __init__(self, init: float = 0.0) -> None:
         super().__init__()
@@ -206,27 +210,27 @@ class ScalarLogZ(nn.Module):
 
 
 class LogDensityPath(nn.Module):
-    """The log-density of :math:`X_t` (SPEC 2.1 and 4):
+    r"""The log-density of :math:`X_t` (Sun et al. eq. (10); docs/math.md, sections 3 and 5):
 
     .. math::
-        V(x, t) = a(t)\\big(\\log\\rho(x) - \\log z(t)\\big) + b(t)\\log p_{prior}(x)
-                  + c(t)\\,\\varphi(x, t) - \\int_0^t C_s\\,ds .
+        V(x, t) = a(t)\big(\log\rho(x) - \log z(t)\big) + b(t)\log p_{prior}(x)
+                  + c(t)\,\varphi(x, t) - \int_0^t C_s\,ds .
 
     Args:
-        target: :math:`\\rho`.
+        target: :math:`\rho`.
         prior: :math:`p_{prior}` (normalized).
-        coefficients: ``t -> (a, b, c)``, e.g. :class:`BridgeCoefficients` for [S10].
-        correction: the network :math:`\\varphi(x, t)` (``None``: :math:`\\varphi = 0`, annealing).
-        log_z: :math:`\\log z(t)`: a :class:`ScalarLogZ`, a network of ``t`` (annealing), or
+        coefficients: ``t -> (a, b, c)``, e.g. :class:`BridgeCoefficients` for Sun et al. eq. (10).
+        correction: the network :math:`\varphi(x, t)` (``None``: :math:`\varphi = 0`, annealing).
+        log_z: :math:`\log z(t)`: a :class:`ScalarLogZ`, a network of ``t`` (annealing), or
             ``None``.
-        log_z_rate: :math:`C_t = \\tfrac{d}{dt}\\log Z_t` of a Boltzmann curve (a network of ``t``),
-            which enters :math:`\\partial_t V` only, or ``None``.
-        T: the time horizon (where :math:`\\log z(T)` estimates :math:`\\log Z`).
-        rho_scale: ``t -> k(t)``: :math:`\\log\\rho` is read at :math:`x / k(t)` (the gradient
+        log_z_rate: :math:`C_t = \tfrac{d}{dt}\log Z_t` of a Boltzmann curve (a network of ``t``),
+            which enters :math:`\partial_t V` only, or ``None``.
+        T: the time horizon (where :math:`\log z(T)` estimates :math:`\log Z`).
+        rho_scale: ``t -> k(t)``: :math:`\log\rho` is read at :math:`x / k(t)` (the gradient
             flow's modes moving with the OU path, :math:`k = a_t`), or ``None``: at ``x``.
 
-    The buffer ``target_power`` :math:`\\beta` (1, not saved) multiplies :math:`\\log\\rho`:
-    training on a tempered target :math:`\\rho^{\\beta}` sets it (``optim.temper_from``).
+    The buffer ``target_power`` :math:`\beta` (1, not saved) multiplies :math:`\log\rho`:
+    training on a tempered target :math:`\rho^{\beta}` sets it (``optim.temper_from``).
     """
 
     def __init__(
@@ -373,8 +377,8 @@ class FreeDrift(Drift):
 
 
 class GradientDrift(Drift):
-    """:math:`\\mu = \\nabla\\Phi` for a potential network :math:`\\Phi(x, t)` (OT, SB: [S19]-[S23]);
-    :math:`\\nabla\\cdot\\mu = \\Delta\\Phi`."""
+    r""":math:`\mu = \nabla\Phi` for a potential network :math:`\Phi(x, t)` (OT, SB: Sun et al.
+    eqs. (19)-(23)); :math:`\nabla\cdot\mu = \Delta\Phi`."""
 
     def __init__(self, potential: nn.Module) -> None:
         super().__init__()
@@ -389,14 +393,14 @@ class GradientDrift(Drift):
 
 
 class ScoreDrift(Drift):
-    """A drift fixed by the log-density, :math:`\\mu = A(t)\\nabla V + B(t)\\,x`, with
-    :math:`\\nabla\\cdot\\mu = A(t)\\Delta V + d\\,B(t)`.
+    r"""A drift fixed by the log-density, :math:`\mu = A(t)\nabla V + B(t)\,x`, with
+    :math:`\nabla\cdot\mu = A(t)\Delta V + d\,B(t)`.
 
-    * Time reversal of the VP-SDE [S15]: :math:`\\mu = \\sigma^2\\nabla V - f` with
-      :math:`f = -\\tfrac{\\beta}2 x`, :math:`\\sigma^2 = \\beta`: :math:`A = \\beta(T - t)`,
-      :math:`B = \\beta(T - t)/2` (``reverse=True``).
-    * Gradient flow (SPEC 4.3): :math:`v = -\\tfrac{\\beta(t)}2(\\nabla g + x)`: :math:`A = B =
-      -\\beta(t)/2` (``reverse=False``).
+    * Time reversal of the VP-SDE (Sun et al. eq. (15)): :math:`\mu = \sigma^2\nabla V - f` with
+      :math:`f = -\tfrac{\beta}2 x`, :math:`\sigma^2 = \beta`: :math:`A = \beta(T - t)`,
+      :math:`B = \beta(T - t)/2` (``reverse=True``).
+    * Gradient flow (Chemseddine et al.): :math:`v = -\tfrac{\beta(t)}2(\nabla g + x)`:
+      :math:`A = B = -\beta(t)/2` (``reverse=False``).
     """
 
     needs_density_laplacian = True
@@ -425,9 +429,9 @@ class ScoreDrift(Drift):
 
 # ---------------------------------------------------------------------------- PDE residuals
 def log_fokker_planck(V: ScalarJet, mu: DriftJet, sigma_sq: Tensor | float | None) -> Tensor:
-    """logFP [S7]: :math:`\\partial_t V + \\nabla\\cdot\\mu + \\nabla V\\cdot\\mu
-    - \\tfrac12\\sigma^2|\\nabla V|^2 - \\tfrac12\\sigma^2\\Delta V`; logCE [S8] when
-    ``sigma_sq`` is ``None`` (then :math:`\\Delta V` is not needed)."""
+    r"""logFP (Sun et al. eq. (7)): :math:`\partial_t V + \nabla\cdot\mu + \nabla V\cdot\mu
+    - \tfrac12\sigma^2|\nabla V|^2 - \tfrac12\sigma^2\Delta V`; logCE (eq. (8)) when
+    ``sigma_sq`` is ``None`` (then :math:`\Delta V` is not needed)."""
     r = V.dt + mu.div + (V.grad * mu.value).sum()
     if sigma_sq is None:
         return r
@@ -435,8 +439,8 @@ def log_fokker_planck(V: ScalarJet, mu: DriftJet, sigma_sq: Tensor | float | Non
 
 
 def hjb(Phi: ScalarJet, sigma_sq: Tensor | float | None) -> Tensor:
-    """HJB for SB [S20]: :math:`\\partial_t\\Phi + \\tfrac12|\\nabla\\Phi|^2 +
-    \\tfrac12\\sigma^2\\Delta\\Phi`; for OT [S21] when ``sigma_sq`` is ``None``."""
+    r"""HJB for SB (Sun et al. eq. (20)): :math:`\partial_t\Phi + \tfrac12|\nabla\Phi|^2 +
+    \tfrac12\sigma^2\Delta\Phi`; for OT (eq. (21)) when ``sigma_sq`` is ``None``."""
     r = Phi.dt + 0.5 * (Phi.grad * Phi.grad).sum()
     return r if sigma_sq is None else r + 0.5 * sigma_sq * Phi.lap
 

@@ -1,32 +1,32 @@
-"""Trajectory baselines: PIS and DIS with the KL and log-variance losses (Sun et al. Table 2).
+r"""Trajectory baselines: PIS and DIS with the KL and log-variance losses (Sun et al. Table 2).
 
 A :class:`TrajectoryLoss` owns a learned control :math:`u(x, t)` and a reference process
 (:class:`BrownianReference` for the Path Integral Sampler, :class:`VPReference` for the
 time-reversed Diffusion Sampler). Its generative SDE on :math:`[0, T]` is
 
-.. math:: dX_t = \\big(b(X_t, t) + \\sigma(t)\\,u(X_t, t)\\big)\\,dt + \\sigma(t)\\,dW_t,
-    \\qquad X_0 \\sim p_{prior},
+.. math:: dX_t = \big(b(X_t, t) + \sigma(t)\,u(X_t, t)\big)\,dt + \sigma(t)\,dW_t,
+    \qquad X_0 \sim p_{prior},
 
-with :math:`b = 0` for PIS and :math:`b(x, t) = \\tfrac{\\beta(T-t)}2 x` (minus the VP drift
-:math:`f`, as in [S61]) for DIS. It is simulated by Euler-Maruyama on ``steps`` equal steps
-with forward kernels :math:`f_k(x_{k+1} | x_k) = \\mathcal N(x_k + \\mu_k \\Delta t,
-\\sigma_k^2 \\Delta t)`. The target path measure runs the *reference* backwards from
+with :math:`b = 0` for PIS and :math:`b(x, t) = \tfrac{\beta(T-t)}2 x` (minus the VP drift
+:math:`f`, as in Sun et al. eq. (61)) for DIS. It is simulated by Euler-Maruyama on ``steps``
+equal steps with forward kernels :math:`f_k(x_{k+1} | x_k) = \mathcal N(x_k + \mu_k \Delta t,
+\sigma_k^2 \Delta t)`. The target path measure runs the *reference* backwards from
 :math:`p_{target}` with kernels :math:`b_k(x_k | x_{k+1})`, so the discrete path-space
 Radon-Nikodym derivative (the importance weight of a path) is
 
-.. math:: \\log w = \\log\\rho(X_K) - \\log p_{prior}(X_0)
-    + \\sum_{k=0}^{K-1} \\big[\\log b_k(X_k | X_{k+1}) - \\log f_k(X_{k+1} | X_k)\\big],
+.. math:: \log w = \log\rho(X_K) - \log p_{prior}(X_0)
+    + \sum_{k=0}^{K-1} \big[\log b_k(X_k | X_{k+1}) - \log f_k(X_{k+1} | X_k)\big],
 
-and :math:`\\mathbb E[w] = Z` exactly, for any control and any step count. Its Euler-Maruyama
-limit is the on-policy BSDE residual [S62] (Prop. 3.1, App. A of Sun et al.),
-:math:`\\log w = \\log\\rho(X_T) - \\log p_{prior}(X_0) + \\int_0^T (\\mathrm{div}(-f) -
-\\tfrac12|u|^2)\\,dt - \\int_0^T u\\cdot dW`; for PIS :math:`f = 0` and
-:math:`\\log p^{ref}_T(X_T)` replaces :math:`\\log p_{prior}(X_0)`. The losses are
+and :math:`\mathbb E[w] = Z` exactly, for any control and any step count. Its Euler-Maruyama
+limit is the on-policy BSDE residual of Sun et al. eq. (62) (their Prop. 3.1 and App. A.3),
+:math:`\log w = \log\rho(X_T) - \log p_{prior}(X_0) + \int_0^T (\mathrm{div}(-f) -
+\tfrac12|u|^2)\,dt - \int_0^T u\cdot dW`; for PIS :math:`f = 0` and
+:math:`\log p^{ref}_T(X_T)` replaces :math:`\log p_{prior}(X_0)`. The losses are
 
-* ``kl``: :math:`\\mathbb E[-\\log w]` on reparametrized paths (gradients through the path),
-  which is :math:`\\mathrm{KL}(Q^u\\,\\|\\,P^*) - \\log Z \\ge -\\log Z`;
-* ``lv``: :math:`\\mathrm{Var}(\\log w)` on *detached* paths (Richter & Berner's log-variance
-  loss): gradients flow only through the control inside :math:`\\log f_k`; zero at the optimum.
+* ``kl``: :math:`\mathbb E[-\log w]` on reparametrized paths (gradients through the path),
+  which is :math:`\mathrm{KL}(Q^u\,\|\,P^*) - \log Z \ge -\log Z`;
+* ``lv``: :math:`\mathrm{Var}(\log w)` on *detached* paths (Richter & Berner's log-variance
+  loss): gradients flow only through the control inside :math:`\log f_k`; zero at the optimum.
 """
 
 from __future__ import annotations

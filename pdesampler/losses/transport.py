@@ -1,7 +1,7 @@
-"""The transport residual and the loss catalogue of Sun et al. (SPEC 2.2, Table 1).
+r"""The transport residual and the loss catalogue of Sun et al. (their Table 1; docs/losses.md).
 
 :class:`TransportResidual` composes one log-density path, one drift and one PDE (logFP with
-diffusion :math:`\\sigma`, or logCE when :math:`\\sigma = 0`), with an optional HJB term. Each
+diffusion :math:`\sigma`, or logCE when :math:`\sigma = 0`), with an optional HJB term. Each
 catalogue entry below is a few lines that pick the parts.
 """
 
@@ -57,17 +57,18 @@ EXACT = Exact()
 
 
 class TransportResidual(Residual):
-    """:math:`r_{pde} = \\mathcal{R}_{\\log FP}(\\mu, V)` [S7] (logCE [S8] without diffusion),
-    plus :math:`r_{hjb} = \\mathcal{R}_{HJB}(\\Phi)` [S20]/[S21] when the drift is
-    :math:`\\nabla\\Phi` and ``hjb_weight`` is given ([S22]/[S23]).
+    r""":math:`r_{pde} = \mathcal{R}_{\log FP}(\mu, V)` (Sun et al. eq. (7); logCE, eq. (8),
+    without diffusion),
+    plus :math:`r_{hjb} = \mathcal{R}_{HJB}(\Phi)` (eqs. (20)/(21)) when the drift is
+    :math:`\nabla\Phi` and ``hjb_weight`` is given (eqs. (22)/(23)).
 
     Args:
         target: the unnormalized target.
         density: the log-density path :math:`V`.
-        drift: the drift :math:`\\mu`.
+        drift: the drift :math:`\mu`.
         prior: the distribution at the start of ``t_span``.
-        diffusion: :math:`\\sigma(t)` (``None``: an ODE and the logCE residual).
-        hjb_weight: the weight :math:`\\alpha` of the HJB term (``None``: no HJB term).
+        diffusion: :math:`\sigma(t)` (``None``: an ODE and the logCE residual).
+        hjb_weight: the weight :math:`\alpha` of the HJB term (``None``: no HJB term).
         t_span: ``(t0, t1)`` of the sampling dynamics (default ``(0, T)``).
         default_collocation: the collocation sampler this entry trains best with.
         ode_method: the solver that sampling with ``method="auto"`` uses (``Dynamics.ode_method``).
@@ -114,7 +115,7 @@ class TransportResidual(Residual):
         return terms
 
     def flow_drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """Probability-flow drift [S66]: :math:`\\mu - \\tfrac12\\sigma^2\\nabla V`."""
+        r"""Probability-flow drift (Sun et al. eq. (66)): :math:`\mu - \tfrac12\sigma^2\nabla V`."""
         if isinstance(self.drift, ScoreDrift):  # mu is linear in grad V: take the gradient once
             return self.drift(x, t, score_shift=-0.5 * self.sigma_sq(t))
         return self.drift(x, t) - 0.5 * self.sigma_sq(t) * self.density.score(x, t)
@@ -183,10 +184,10 @@ def _bridge(
     T: float,
     log_z_init: float | str = 0.0,
 ) -> tuple[LogDensityPath, Target]:
-    """[S10]: phi and a scalar :math:`\\log z` when phi is learned; :math:`\\varphi = 0` and a
-    network :math:`\\log z(t)` for annealing (SPEC 2.1). The scalar starts at ``log_z_init``:
-    a number, or ``"prior"``: the importance-sampling estimate from the prior
-    (:func:`resolve_log_z_init`)."""
+    r"""Sun et al. eq. (10): phi and a scalar :math:`\log z` when phi is learned;
+    :math:`\varphi = 0` and a network :math:`\log z(t)` for annealing (their App. A.1). The
+    scalar starts at ``log_z_init``: a number, or ``"prior"``: the importance-sampling estimate
+    from the prior (:func:`resolve_log_z_init`)."""
     prior = make_prior(target.dim, prior_std)
     correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
     start = resolve_log_z_init(log_z_init, target, prior)
@@ -219,7 +220,8 @@ def _free_drift_residual(
 def logce(
     target: Target, net: NetSpec | None = None, prior_std: float = 1.0, T: float = 1.0, **kw
 ) -> TransportResidual:
-    """logCE ("ODE"): learn :math:`\\mu`, :math:`\\varphi`, :math:`z` with the logCE residual [S8]."""
+    r"""logCE ("ODE"): learn :math:`\mu`, :math:`\varphi`, :math:`z` with the logCE residual
+    (Sun et al. eq. (8))."""
     return _free_drift_residual(
         target, learn_phi=True, sigma=None, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
     )
@@ -233,7 +235,8 @@ def logfp(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """logFP ("SDE"): learn :math:`\\mu`, :math:`\\varphi`, :math:`z` with the logFP residual [S7]."""
+    r"""logFP ("SDE"): learn :math:`\mu`, :math:`\varphi`, :math:`z` with the logFP residual
+    (Sun et al. eq. (7))."""
     return _free_drift_residual(
         target, learn_phi=True, sigma=sigma, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
     )
@@ -247,7 +250,8 @@ def logce_anneal(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """logCE-anneal [S14]: :math:`\\varphi = 0` (geometric path), learn :math:`\\mu` and :math:`z(t)`."""
+    r"""logCE-anneal (Sun et al. eq. (14)): :math:`\varphi = 0` (geometric path), learn
+    :math:`\mu` and :math:`z(t)`."""
     return _free_drift_residual(
         target,
         learn_phi=False,
@@ -269,7 +273,8 @@ def logfp_anneal(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """logFP-anneal [S14]: the geometric path with diffusion; learn :math:`\\mu` and :math:`z(t)`."""
+    r"""logFP-anneal (Sun et al. eq. (14)): the geometric path with diffusion; learn
+    :math:`\mu` and :math:`z(t)`."""
     return _free_drift_residual(
         target,
         learn_phi=False,
@@ -312,7 +317,8 @@ def ot(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """OT [S23]: :math:`\\mathcal{L}_{\\log CE}(\\nabla\\Phi, V) + \\alpha\\,\\mathbb{E}[\\mathcal{R}^{OT}_{HJB}(\\Phi)^2]`."""
+    r"""OT (Sun et al. eq. (23)):
+    :math:`\mathcal{L}_{\log CE}(\nabla\Phi, V) + \alpha\,\mathbb{E}[\mathcal{R}^{OT}_{HJB}(\Phi)^2]`."""
     return _potential_residual(
         target, sigma=None, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
     )
@@ -327,7 +333,8 @@ def sb(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """SB [S22]: :math:`\\mathcal{L}_{\\log FP}(\\nabla\\Phi, V) + \\alpha\\,\\mathbb{E}[\\mathcal{R}^{SB}_{HJB}(\\Phi)^2]`."""
+    r"""SB (Sun et al. eq. (22)):
+    :math:`\mathcal{L}_{\log FP}(\nabla\Phi, V) + \alpha\,\mathbb{E}[\mathcal{R}^{SB}_{HJB}(\Phi)^2]`."""
     return _potential_residual(
         target, sigma=sigma, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
     )
@@ -344,16 +351,17 @@ def score(
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
-    """Score / time reversal [S15]-[S18]: the reversal of the VP-SDE
-    :math:`dY = -\\tfrac{\\beta(s)}2 Y\\,ds + \\sqrt{\\beta(s)}\\,dW`, :math:`Y_0 \\sim p_{target}`.
+    r"""Score / time reversal (Sun et al. eqs. (15)-(18)): the reversal of the VP-SDE
+    :math:`dY = -\tfrac{\beta(s)}2 Y\,ds + \sqrt{\beta(s)}\,dW`, :math:`Y_0 \sim p_{target}`.
 
-    :math:`V(\\cdot, t) = \\log p_Y(\\cdot, T - t)` up to a constant solves [S15] with
-    :math:`\\mu = \\sigma^2\\nabla V - f`; the constant is irrelevant there, so no :math:`z` is
-    learned. ``schedule="constant"`` uses :math:`\\beta = \\bar\\sigma^2` (SPEC 2.2; the default
-    :math:`\\bar\\sigma^2 T = 10` makes :math:`p_Y(\\cdot, T)` within :math:`e^{-5}` of the prior
-    in mean); ``"linear"`` the VP schedule :math:`\\beta_{min} \\to \\beta_{max}` ([S73]/[S74]).
+    :math:`V(\cdot, t) = \log p_Y(\cdot, T - t)` up to a constant solves eq. (15) with
+    :math:`\mu = \sigma^2\nabla V - f`; the constant is irrelevant there, so no :math:`z` is
+    learned. ``schedule="constant"`` uses :math:`\beta = \bar\sigma^2` (Sun et al. App. B.1;
+    the default :math:`\bar\sigma^2 T = 10` makes :math:`p_Y(\cdot, T)` within :math:`e^{-5}`
+    of the prior in mean); ``"linear"`` the VP schedule :math:`\beta_{min} \to \beta_{max}`
+    (eqs. (73)-(74) in Song et al.'s convention: this :math:`\beta` is twice theirs).
     ``prior_std`` must be 1: the reversed process starts from the VP-SDE's stationary law
-    :math:`\\mathcal{N}(0, I)`.
+    :math:`\mathcal{N}(0, I)`.
     """
     if prior_std != 1:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 ``FINETUNERS`` maps a fine-tuner's ``method`` name to its config class and run function, so the
 trainer picks one by config and knows nothing else about it: matrix-free Gauss-Newton
-(SPEC section 5, :mod:`~pdesampler.optim.gauss_newton`) and SPRING
+(Sun et al. section 4, :mod:`~pdesampler.optim.gauss_newton`) and SPRING
 (:mod:`~pdesampler.optim.spring`).
 """
 
@@ -42,12 +42,13 @@ def build_config(cls: type, value: object) -> object:
 
 
 def finetune_config(value: FinetuneConfig | Mapping | None) -> FinetuneConfig | None:
-    """A fine-tuner's config from a mapping whose ``method`` key (default ``"gauss_newton"``)
-    names it in ``FINETUNERS``; unknown methods and keys are named in the error."""
+    """A fine-tuner's config from a mapping whose ``method`` key (default ``"spring"``, as
+    ``optim=adam_gn``) names it in ``FINETUNERS``; unknown methods and keys are named in the
+    error."""
     if value is None or isinstance(value, FinetuneConfig):
         return value
     value = dict(value)
-    method = value.pop("method", "gauss_newton")
+    method = value.pop("method", "spring")
     if method not in FINETUNERS:
         raise ValueError(f"unknown fine-tuning method {method!r}; available: {list(FINETUNERS)}")
     return build_config(FINETUNERS[method][0], value)

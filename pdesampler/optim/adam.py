@@ -1,5 +1,5 @@
-"""The first-order phase: Adam with exponential learning-rate decay, gradient clipping, a
-NaN/Inf guard, checkpoints and a progress bar. It knows nothing about the residual it trains."""
+"""The first-order phase: Adam with a learning-rate schedule, gradient clipping, a NaN/Inf
+guard, checkpoints and a progress bar. It knows nothing about the residual it trains."""
 
 from __future__ import annotations
 
@@ -17,15 +17,32 @@ from pdesampler.checks import (
     FRACTION,
     LOSS_FORM,
     NON_NEGATIVE_INT,
+    NON_NEGATIVE_INT_OR_NONE,
     POSITIVE,
     POSITIVE_INT,
     POSITIVE_OR_NONE,
     UNIT_POWER_OR_NONE,
+    Rule,
     check_config,
 )
 from pdesampler.optim.gauss_newton import StepHook
 
-__all__ = ["AdamConfig", "AdamResult", "NonFiniteLossError", "run_adam", "temper_power"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "SCHEDULES",
+    "AdamConfig",
+    "AdamResult",
+    "NonFiniteLossError",
+    "learning_rate",
+    "run_adam",
+    "step_limit",
+    "temper_power",
+]
+
+#: Adam steps when neither ``steps`` nor a wall-clock budget is given.
+DEFAULT_STEPS = 2000
+#: The learning-rate schedules of :func:`learning_rate`.
+SCHEDULES = ("exponential", "cosine", "warmup_cosine", "wsd", "constant")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,23 +51,27 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class AdamConfig:
-    """Settings of the Adam phase.
+    r"""Settings of the Adam phase.
 
-    The learning rate decays exponentially from ``lr`` to ``lr_final``,
-    :math:`\\eta_k = \\eta_0 (\\eta_{final}/\\eta_0)^{p_k}`, where the progress :math:`p_k` is
-    ``step / steps``, or the larger of that and ``elapsed / max_seconds`` under a wall-clock
-    budget (so a time-limited run still anneals; it is then no longer bit-reproducible).
+    The learning rate follows ``schedule`` (:func:`learning_rate`) from ``lr`` towards
+    ``lr_final`` over the progress :math:`p \in [0, 1]`: ``step / steps``, the share
+    ``elapsed / max_seconds`` of a wall-clock budget, or the larger of the two when both are
+    set (a time-limited run then anneals on time and is no longer bit-reproducible).
+    ``steps=None`` means no step cap under a budget and :data:`DEFAULT_STEPS` without one.
     ``loss_form`` is the objective :func:`pdesampler.train` hands this phase: ``"squares"`` or
     Máté & Fleuret's ``"abs_and_squares"`` (:meth:`pdesampler.losses.base.Residual.loss`); a
     Gauss-Newton phase after it always fits the squares. ``temper_from`` (``None``: off) tempers
-    the target early: :func:`pdesampler.train` trains on :math:`\\rho^{\\beta}` with
-    :math:`\\beta` rising linearly from ``temper_from`` to 1 over the first ``temper_until`` of
-    the progress :math:`p_k` (:func:`temper_power`), so that wells start shallow.
+    the target early: :func:`pdesampler.train` trains on :math:`\rho^{\beta}` with
+    :math:`\beta` rising linearly from ``temper_from`` to 1 over the first ``temper_until`` of
+    the progress :math:`p` (:func:`temper_power`), so that wells start shallow.
     """
 
-    steps: int = 2000
+    steps: int | None = None
     lr: float = 5e-3
     lr_final: float = 1e-4
+    schedule: str = "exponential"
+    warmup: float = 0.0
+    decay: float = 0.2
     clip: float | None = 1.0
     max_seconds: float | None = None
     checkpoint_every: int = 500
@@ -84,10 +105,15 @@ class AdamResult:
         return (self.seconds - self.first_step_seconds) / (self.steps - 1)
 
 
+SCHEDULE: Rule = (" | ".join(SCHEDULES), lambda v: v in SCHEDULES)
+
 ADAM_RULES = {
-    "steps": NON_NEGATIVE_INT,
+    "steps": NON_NEGATIVE_INT_OR_NONE,
     "lr": POSITIVE,
     "lr_final": POSITIVE,
+    "schedule": SCHEDULE,
+    "warmup": FRACTION,
+    "decay": FRACTION,
     "clip": POSITIVE_OR_NONE,
     "max_seconds": POSITIVE_OR_NONE,
     "checkpoint_every": NON_NEGATIVE_INT,
@@ -101,11 +127,51 @@ ADAM_RULES = {
 LossFn = Callable[[int], tuple[Tensor, dict[str, Tensor]]]
 
 
+def step_limit(steps: int | None, max_seconds: float | None, default: int) -> float:
+    """The step cap of a phase: ``steps`` when given; with ``steps=None``, none (``inf``) under
+    a wall-clock budget ``max_seconds`` and ``default`` without one."""
+    if steps is not None:
+        return steps
+    return math.inf if max_seconds else default
+
+
 def _progress(cfg: AdamConfig, step: int, elapsed: float) -> float:
-    p = step / max(cfg.steps, 1)
+    limit = step_limit(cfg.steps, cfg.max_seconds, DEFAULT_STEPS)
+    p = step / max(limit, 1)
     if cfg.max_seconds:
         p = max(p, elapsed / cfg.max_seconds)
     return min(p, 1.0)
+
+
+def learning_rate(cfg: AdamConfig, progress: float) -> float:
+    r"""The learning rate at progress :math:`p \in [0, 1]` of the Adam phase, from
+    :math:`\eta_0` = ``lr`` to :math:`\eta_1` = ``lr_final``:
+
+    * ``exponential``: :math:`\eta_0 (\eta_1 / \eta_0)^{p}`;
+    * ``cosine``: :math:`\eta_1 + (\eta_0 - \eta_1)(1 + \cos \pi p) / 2`;
+    * ``warmup_cosine``: linear from :math:`\eta_1` to :math:`\eta_0` over the first
+      :math:`w` = ``warmup`` of the progress, then the cosine over :math:`(p - w) / (1 - w)`;
+    * ``wsd`` (warm-up, stable, decay): the same warm-up, :math:`\eta_0` until
+      :math:`1 - \delta` (:math:`\delta` = ``decay``), then exponential decay to
+      :math:`\eta_1` over :math:`(p - 1 + \delta) / \delta`;
+    * ``constant``: :math:`\eta_0`.
+
+    ``warmup`` also prefixes a linear warm-up to ``exponential`` and ``cosine`` when it is > 0.
+    """
+    lr0, lr1, p = cfg.lr, cfg.lr_final, min(max(progress, 0.0), 1.0)
+    w = cfg.warmup
+    if cfg.schedule == "constant":
+        return lr0
+    if w > 0 and p < w:
+        return lr1 + (lr0 - lr1) * p / w
+    if cfg.schedule == "wsd":
+        start = max(1.0 - cfg.decay, w)
+        q = (p - start) / max(1.0 - start, 1e-12) if p > start else 0.0
+        return lr0 * (lr1 / lr0) ** q
+    q = (p - w) / (1.0 - w) if w < 1 else 1.0
+    if cfg.schedule == "exponential":
+        return lr0 * (lr1 / lr0) ** q
+    return lr1 + (lr0 - lr1) * 0.5 * (1.0 + math.cos(math.pi * q))
 
 
 def temper_power(cfg: AdamConfig, progress: float) -> float:
@@ -160,11 +226,15 @@ def run_adam(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         result = AdamResult(**state["result"])
-    log_ratio = math.log(cfg.lr_final / cfg.lr)
+    limit = step_limit(cfg.steps, cfg.max_seconds, DEFAULT_STEPS)
     bad_in_a_row = 0
     start = time.perf_counter() - result.seconds
     bar = tqdm(
-        total=cfg.steps, initial=result.steps, disable=not progress, desc="adam", leave=False
+        total=None if math.isinf(limit) else limit,
+        initial=result.steps,
+        disable=not progress,
+        desc="adam",
+        leave=False,
     )
 
     def save() -> None:
@@ -177,12 +247,12 @@ def run_adam(
             torch.save(payload, tmp)
             tmp.replace(checkpoint)
 
-    while result.steps < cfg.steps:
+    while result.steps < limit:
         elapsed = time.perf_counter() - start
         if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
             break
         progress_now = _progress(cfg, result.steps, elapsed)
-        lr = cfg.lr * math.exp(log_ratio * progress_now)
+        lr = learning_rate(cfg, progress_now)
         if on_progress is not None:
             on_progress(progress_now)
         for group in optimizer.param_groups:
@@ -210,7 +280,7 @@ def run_adam(
         if result.steps == 1:
             result.first_step_seconds = time.perf_counter() - start
         bar.update(1)
-        if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
+        if result.steps % cfg.log_every == 0 or result.steps == limit:
             row = {"step": result.steps, "loss": float(loss.detach()), "lr": lr}
             row.update({k: float(v) for k, v in parts.items()})
             row["seconds"] = time.perf_counter() - start

@@ -5,7 +5,7 @@ over a fixed batch, usually ``lambda p: functional_call(residual_module, p, (x, 
 optionally an explicit Jacobian closure ``point_jacobian_fn(params) -> (M, P)`` in the same row
 order (see :func:`per_point_jacobian`).
 
-Conventions (SPEC section 5). :math:`J = \\partial r / \\partial \\theta` is the Jacobian of the
+Conventions (Sun et al. section 4; docs/math.md, section 9). :math:`J = \\partial r / \\partial \\theta` is the Jacobian of the
 already weighted stacked vector :math:`r = (\\sqrt{\\alpha_k/N}\\, r_k(x_i, t_i))_{k,i}`, so
 
 .. math:: G = J^\\top J = \\tfrac1N J_{raw}^\\top J_{raw}, \\qquad
@@ -15,7 +15,7 @@ and one outer step is
 
 .. math:: \\delta = (G + \\varepsilon I)^{-1} g, \\qquad \\theta \\leftarrow \\theta - \\eta\\,\\delta,
 
-with :math:`\\eta` from a line search on :math:`L` (SPEC section 5 writes :math:`\\nabla L` for
+with :math:`\\eta` from a line search on :math:`L` (Sun et al. section 4 writes :math:`\\nabla L` for
 :math:`2g`; the factor 2 is absorbed in the step length). With :math:`\\eta = 1` and
 :math:`\\varepsilon \\to 0` this is the exact Gauss-Newton step; for a residual linear in
 :math:`\\theta` it lands on the least-squares optimum. The direction comes from one of
@@ -41,6 +41,7 @@ back (:meth:`GaussNewton.copy_to`), each in its original dtype.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -339,7 +340,7 @@ class GaussNewtonConfig:
     """Settings of :class:`GaussNewton` and :func:`run_gauss_newton`.
 
     Attributes:
-        steps: outer steps for :func:`run_gauss_newton`.
+        steps: outer steps for :func:`run_gauss_newton` (``None``: until ``max_seconds`` ends).
         damping: :math:`\\varepsilon` in :math:`(G + \\varepsilon I)^{-1}`.
         solver: ``"auto"`` (Woodbury when ``M < P``, a ``point_jacobian_fn`` is given and the
             ``(M, P)`` Jacobian fits ``jacobian_max_bytes``; CG otherwise), ``"cg"``,
@@ -350,7 +351,7 @@ class GaussNewtonConfig:
         cg_max_iter: CG iteration limit.
         cg_rtol: CG relative residual tolerance.
         warm_start: start CG from ``warm_factor`` times the previous direction.
-        warm_factor: the warm-start factor (0.95 in the Hessian-free PINN code, SPEC section 9).
+        warm_factor: the warm-start factor (0.95 in the Hessian-free PINN code of Dangel, Müller, Zeinhofer).
         jacobian_max_bytes: memory budget of the explicit Jacobian for ``solver="auto"``.
         line_search: ``"grid"`` (the best of :math:`\\eta = 2^{-k}`, ``k = 0..grid_max_k``,
             as in ENGD) or ``"armijo"`` (backtracking from :math:`\\eta = 1`).
@@ -380,7 +381,7 @@ class GaussNewtonConfig:
             the gradient uses the whole batch: subsampled-curvature Hessian-free GN.
     """
 
-    steps: int = 100
+    steps: int | None = 100
     damping: float = 1e-5
     solver: str = "auto"
     jacobian_product: str = "double_vjp"
@@ -505,6 +506,8 @@ class FineTuner:
     """
 
     NAME = "fine-tuner"
+    #: Steps when the config gives neither ``steps`` nor ``max_seconds``.
+    DEFAULT_STEPS = 100
 
     def __init__(self, params: nn.Module | Mapping[str, Tensor], config) -> None:
         if isinstance(params, nn.Module):
@@ -557,7 +560,7 @@ class FineTuner:
 
 
 class GaussNewton(FineTuner):
-    """Damped Gauss-Newton with a line search (SPEC section 5); see the module docstring.
+    """Damped Gauss-Newton with a line search (Sun et al. section 4); see the module docstring.
     Arguments and attributes as :class:`FineTuner`, with a :class:`GaussNewtonConfig`."""
 
     NAME = "Gauss-Newton"
@@ -667,10 +670,12 @@ class GaussNewton(FineTuner):
         return self.config.warm_factor * self._previous
 
 
-def step_indices(steps: int, max_seconds: float | None) -> Iterator[int]:
-    """Step indices until ``steps`` or the wall-clock budget ``max_seconds`` runs out."""
+def step_indices(steps: int | None, max_seconds: float | None, default: int) -> Iterator[int]:
+    """Step indices until ``steps`` or the wall-clock budget ``max_seconds`` runs out;
+    ``steps=None`` runs until the budget ends (``default`` steps without one)."""
     start = time.perf_counter()
-    for step in range(steps):
+    limit = steps if steps is not None else (None if max_seconds else default)
+    for step in itertools.count() if limit is None else range(limit):
         if max_seconds is not None and time.perf_counter() - start >= max_seconds:
             return
         yield step
@@ -689,11 +694,11 @@ def run_finetuner_loop(
     between); ``on_step(steps, elapsed, params)`` after each step. The parameters are written
     back into ``module`` at the end, also when the run stops with an error."""
     config = optimizer.config
-    bar = tqdm(total=config.steps, disable=not progress, desc=optimizer.NAME)
+    bar = tqdm(total=config.steps, disable=not progress, desc=optimizer.NAME, leave=False)
     fns: tuple = ()
     start = time.perf_counter()
     try:
-        for step in step_indices(config.steps, config.max_seconds):
+        for step in step_indices(config.steps, config.max_seconds, optimizer.DEFAULT_STEPS):
             if step % resample_every == 0:
                 fns = make_batch_fns(step)
             info = optimizer.step(*fns)

@@ -16,7 +16,7 @@ Zeinhofer (NeurIPS 2025) for PINNs. With :math:`r_k` the weighted stacked residu
 solves the damped linearized problem of the new batch, so the components outside the batch's
 row space survive instead of being overwritten. With :math:`\\mu = 0` it is the damped
 Woodbury Gauss-Newton step :math:`J^\\top (J J^\\top + \\lambda I)^{-1} r` of
-:mod:`pdesampler.optim.gauss_newton` (SPEC section 5) with a fixed, capped step length. The
+:mod:`pdesampler.optim.gauss_newton` (Sun et al. section 4) with a fixed, capped step length. The
 optional bias correction divides :math:`\\phi_k` by :math:`\\sqrt{1 - \\mu^{2k}}` before the step.
 
 The ``N x N`` system is solved either by Cholesky on the explicit per-point Jacobian
@@ -67,7 +67,7 @@ class SpringConfig:
     """Settings of :class:`Spring` and :func:`run_spring`.
 
     Attributes:
-        steps: outer steps for :func:`run_spring`.
+        steps: outer steps for :func:`run_spring` (``None``: until ``max_seconds`` ends).
         lr: the fixed step length :math:`\\eta`.
         momentum: :math:`\\mu` (0 gives the damped Woodbury Gauss-Newton step).
         damping: :math:`\\lambda`, in the units of the :math:`1/\\sqrt N`-scaled residual.
@@ -88,14 +88,14 @@ class SpringConfig:
         nan_patience: consecutive non-finite steps tolerated before a ``RuntimeError``.
     """
 
-    steps: int = 1000
-    lr: float = 0.05
-    momentum: float = 0.95
+    steps: int | None = 500
+    lr: float = 0.1
+    momentum: float = 0.99
     damping: float = 1e-4
-    norm_cap: float = 1e-3
+    norm_cap: float = 0.1
     bias_correction: bool = False
     solver: str = "auto"
-    gram_dtype: str = "float64"
+    gram_dtype: str = "mixed"
     cg_max_iter: int = 100
     cg_rtol: float = 1e-6
     jacobian_max_bytes: float = 2e9
@@ -126,6 +126,7 @@ class Spring(FineTuner):
     """
 
     NAME = "SPRING"
+    DEFAULT_STEPS = 500
 
     def __init__(self, params: nn.Module | Mapping[str, Tensor], config: SpringConfig) -> None:
         super().__init__(params, config)
