@@ -387,7 +387,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["adam", *ARMS], choices=["adam", *ARMS])
     parser.add_argument("--plateau-steps", type=int, default=8000, help="Adam steps (batch 1024)")
     parser.add_argument("--arm-seconds", type=float, default=120.0)
-    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-4])
+    parser.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-2, 1e-2, 3e-3, 1e-3])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--curve-points", type=int, default=4)
     parser.add_argument("--n-curve", type=int, default=4000)
@@ -489,7 +489,8 @@ def scratch_main(args) -> None:
         budget = args.scratch_seconds or SCRATCH_SECONDS[name]
         entry = from_scratch.compare(name, problem["preset"], problem["loss"], budget, args)
         merged = json.loads(out.read_text()) if out.exists() else {}
-        merged.setdefault("from_scratch", {})[name] = entry
+        key = name if not args.seed else f"{name}_seed{args.seed}"
+        merged.setdefault("from_scratch", {})[key] = entry
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, merged)
         a, g = entry["adam"], entry["adam_gn"]

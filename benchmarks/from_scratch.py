@@ -27,8 +27,8 @@ OUT = RESULTS / "bench_gn_scratch"
 MAX_EXTENSIONS = 3
 
 
-def arm_dir(problem: str, budget: float, arm: list[str]) -> Path:
-    return OUT / problem / f"{budget:g}s" / arm_name(arm)
+def arm_dir(problem: str, budget: float, arm: list[str], seed: int = 0) -> Path:
+    return OUT / problem / f"{budget:g}s" / (arm_name(arm) + (f"__seed-{seed}" if seed else ""))
 
 
 def base_overrides(preset: str, loss: str, budget: float, seed: int) -> list[str]:
@@ -48,7 +48,7 @@ def sweep_adam(preset, loss, budget, lrs, seed, jobs, problem) -> dict[float, di
     todo = sorted(lrs)
     for _ in range(MAX_EXTENSIONS + 1):
         arms = {lr: ["optim.gn=null", f"optim.lr={lr:g}"] for lr in todo}
-        jobs_ = [(arm_dir(problem, budget, a), base_overrides(preset, loss, budget, seed) + a)
+        jobs_ = [(arm_dir(problem, budget, a, seed), base_overrides(preset, loss, budget, seed) + a)
                  for a in arms.values()]  # fmt: skip
         for lr, m in zip(arms, run_all(jobs_, jobs), strict=True):
             results[lr] = m
@@ -92,15 +92,16 @@ def compare(problem: str, preset: str, loss: str, budget: float, args) -> dict:
     best_lr = min(grid, key=lambda lr: one_minus_ess(adam[lr]))
     gn_arms = {f: ["optim=adam_spring", f"optim.lr={best_lr:g}", f"optim.gn.time_fraction={f:g}"]
                for f in args.scratch_fractions}  # fmt: skip
-    jobs = [(arm_dir(problem, budget, a), base_overrides(preset, loss, budget, args.seed) + a)
-            for a in gn_arms.values()]  # fmt: skip
+    jobs = [(arm_dir(problem, budget, a, args.seed),
+             base_overrides(preset, loss, budget, args.seed) + a) for a in gn_arms.values()]  # fmt: skip
     gn = dict(zip(gn_arms, run_all(jobs, args.jobs), strict=True))
     best_fraction = min(gn, key=lambda f: one_minus_ess(gn[f]))
-    adam_dir = arm_dir(problem, budget, ["optim.gn=null", f"optim.lr={best_lr:g}"])
-    gn_dir = arm_dir(problem, budget, gn_arms[best_fraction])
+    adam_dir = arm_dir(problem, budget, ["optim.gn=null", f"optim.lr={best_lr:g}"], args.seed)
+    gn_dir = arm_dir(problem, budget, gn_arms[best_fraction], args.seed)
     final_adam = score(adam_dir, args.n_eval, args.eval_seeds)
     final_gn = score(gn_dir, args.n_eval, args.eval_seeds)
     return {
+        "seed": args.seed,
         "budget_seconds": budget,
         "adam_lrs": grid,
         "adam_screen_one_minus_ess": {f"{lr:g}": one_minus_ess(adam[lr]) for lr in grid},

@@ -115,7 +115,10 @@ def main(target_name: str = "ring") -> dict:
     torch.manual_seed(0)
     target = Ring() if target_name == "ring" else pdesampler.targets.GMM9()
     residual = KineticLogCE(target, lam=0.05, net={"width": 32, "depth": 2})
-    adam, gn = {"steps": 1000, "lr": 5e-3, "lr_final": 5e-4}, {"steps": 10, "dtype": "float64"}
+    adam, gn = (
+        {"steps": 1000, "lr": 5e-3, "lr_final": 5e-4},
+        {"method": "gauss_newton", "steps": 10, "dtype": "float64"},
+    )
     pdesampler.train(residual, adam=adam, gn=gn, batch_size=256)
     evaluation = pdesampler.evaluate(
         residual, n_samples=4000, steps=50, n_nll=1000, sinkhorn_max_samples=2000

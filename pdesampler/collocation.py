@@ -160,7 +160,31 @@ def _batched_drift(dynamics: Dynamics):
     return f
 
 
-class TrajectoryCache(CollocationSampler):
+class _PoolMixture(CollocationSampler):
+    """A batch takes ``fraction`` of its points from a pool the subclass keeps (``points``,
+    drawn by :meth:`_pick`) and the rest from ``base``; all from ``base`` while there is none."""
+
+    def __init__(self, base: CollocationSampler, fraction: float) -> None:
+        super().__init__(base.generator, base.dtype, base.device)
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        self.base, self.fraction = base, float(fraction)
+        self.points: tuple[Tensor, Tensor] | None = None
+
+    def _pick(self, n: int) -> Tensor:
+        """``n`` indices into the pool."""
+        raise NotImplementedError
+
+    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
+        n_pool = round(self.fraction * n) if self.points is not None else 0
+        x, t = self.base(n - n_pool)
+        if n_pool == 0:
+            return x, t
+        idx = self._pick(n_pool).to(self.device)
+        return torch.cat([x, self.points[0][idx]]), torch.cat([t, self.points[1][idx]])
+
+
+class TrajectoryCache(_PoolMixture):
     """Sun et al. App. D.1: every ``every`` steps, simulate ``n_trajectories`` trajectories of the
     current dynamics on ``n_times`` time points (RK4 for ODEs, Euler-Maruyama for SDEs) and cache
     all their points, detached. A batch takes ``fraction`` from the cache and the rest from
@@ -176,21 +200,22 @@ class TrajectoryCache(CollocationSampler):
         fraction: float = 0.5,
         start: int = 0,
     ) -> None:
-        super().__init__(base.generator, base.dtype, base.device)
-        if not 0 <= fraction <= 1:
-            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-        self.base, self.fraction = base, float(fraction)
+        super().__init__(base, fraction)
         self.n_trajectories, self.n_times, self.every, self.start = (
             n_trajectories,
             n_times,
             every,
             start,
         )
-        self.cache: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def cache(self) -> tuple[Tensor, Tensor] | None:
+        """The cached trajectory points ``(x, t)``."""
+        return self.points
 
     def update(self, step: int) -> None:
-        if step >= self.start and (self.cache is None or (step - self.start) % self.every == 0):
-            self.cache = self.simulate()
+        if step >= self.start and (self.points is None or (step - self.start) % self.every == 0):
+            self.points = self.simulate()
 
     @torch.no_grad()
     def simulate(self) -> tuple[Tensor, Tensor]:
@@ -216,17 +241,11 @@ class TrajectoryCache(CollocationSampler):
             states.append(x)
         return torch.stack(states)
 
-    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
-        n_cached = round(self.fraction * n) if self.cache is not None else 0
-        x, t = self.base(n - n_cached)
-        if n_cached == 0:
-            return x, t
-        idx = torch.randint(0, self.cache[0].shape[0], (n_cached,), generator=self.generator)
-        idx = idx.to(self.device)
-        return torch.cat([x, self.cache[0][idx]]), torch.cat([t, self.cache[1][idx]])
+    def _pick(self, n: int) -> Tensor:
+        return torch.randint(0, self.points[0].shape[0], (n,), generator=self.generator)
 
 
-class ResidualAdaptive(CollocationSampler):
+class ResidualAdaptive(_PoolMixture):
     r"""Residual-based adaptive distribution (RAD; Wu et al. 2023, "A comprehensive study of
     non-adaptive and residual-based adaptive sampling for PINNs", and Sun et al. App. C).
 
@@ -249,15 +268,13 @@ class ResidualAdaptive(CollocationSampler):
         c: float = 1.0,
         fraction: float = 0.5,
     ) -> None:
-        super().__init__(base.generator, base.dtype, base.device)
-        if not 0 <= fraction <= 1 or pool < 1 or every < 1 or k < 0 or c < 0:
+        super().__init__(base, fraction)
+        if pool < 1 or every < 1 or k < 0 or c < 0:
             raise ValueError(
-                f"rad needs pool >= 1, every >= 1, k >= 0, c >= 0 and fraction in [0, 1]; got "
-                f"pool={pool}, every={every}, k={k}, c={c}, fraction={fraction}"
+                f"rad needs pool >= 1, every >= 1, k >= 0 and c >= 0; got pool={pool}, "
+                f"every={every}, k={k}, c={c}"
             )
-        self.base, self.pool, self.every = base, int(pool), int(every)
-        self.k, self.c, self.fraction = float(k), float(c), float(fraction)
-        self.points: tuple[Tensor, Tensor] | None = None
+        self.pool, self.every, self.k, self.c = int(pool), int(every), float(k), float(c)
         self.probabilities: Tensor | None = None
 
     def bind(self, residual: Residual) -> None:
@@ -289,16 +306,8 @@ class ResidualAdaptive(CollocationSampler):
         terms = self.residual.residuals(x, t)
         return sum(w * terms[name].detach().square() for name, w in self.residual.weights.items())
 
-    def __call__(self, n: int) -> tuple[Tensor, Tensor]:
-        n_pool = round(self.fraction * n) if self.points is not None else 0
-        x, t = self.base(n - n_pool)
-        if n_pool == 0:
-            return x, t
-        idx = torch.multinomial(
-            self.probabilities, n_pool, replacement=True, generator=self.generator
-        )
-        idx = idx.to(self.device)
-        return torch.cat([x, self.points[0][idx]]), torch.cat([t, self.points[1][idx]])
+    def _pick(self, n: int) -> Tensor:
+        return torch.multinomial(self.probabilities, n, replacement=True, generator=self.generator)
 
 
 class OUSampler(CollocationSampler):

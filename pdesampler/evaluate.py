@@ -171,7 +171,7 @@ def evaluate(
         m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
     elif reference is not None and nll:
         left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
-        with scoring_budget(None if left is None else max(left, 1e-3)) as nll_clock:
+        with scoring_budget(None if left is None else max(left, 1e-12)) as nll_clock:
             log_q = _forward_log_q(
                 residual, reference[:n_nll], method, steps, estimator, batch_size
             )

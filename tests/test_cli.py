@@ -20,7 +20,7 @@ FAST = [
 ]  # fmt: skip
 TIMING_KEYS = {
     "train_seconds", "adam_seconds", "gn_seconds", "sec_per_it", "gn_sec_per_it",
-    "first_step_seconds",
+    "first_step_seconds", "score_seconds",
 }  # fmt: skip
 
 

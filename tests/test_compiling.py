@@ -49,9 +49,9 @@ def test_auto_rule() -> None:
     # a time budget decides, whatever the step cap (suites set steps=1e6)
     assert should_compile("auto", CPU, 10**6, COMPILE_MIN_SECONDS)
     assert not should_compile("auto", CPU, 10**6, COMPILE_MIN_SECONDS / 2)
-    # at d = 50 a 150 s budget runs eagerly (a cold compilation took 118 s of it), 500 s compiles
-    assert should_compile("auto", CPU, 10**6, 150.0, dim=8)
-    assert not should_compile("auto", CPU, 10**6, 150.0, dim=50)
+    # at d = 50 the floor is 10 s per dimension (a cold compilation took 118 s of a 150 s budget)
+    assert should_compile("auto", CPU, 10**6, COMPILE_MIN_SECONDS, dim=8)
+    assert not should_compile("auto", CPU, 10**6, COMPILE_MIN_SECONDS, dim=50)
     assert should_compile("auto", CPU, 10**6, COMPILE_SECONDS_PER_DIM * 50, dim=50)
     assert not should_compile("auto", torch.device("cuda"), 10**6, None)
     with pytest.raises(ValueError, match=r"optim\.compile must be true, false or 'auto'"):

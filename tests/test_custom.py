@@ -180,7 +180,7 @@ def assert_reference_metrics_skipped(metrics: dict) -> None:
 def test_custom_residual_and_target_train_sample_and_evaluate_in_python() -> None:
     torch.manual_seed(0)
     residual = DivergencePenalty(Quartic(), alpha=0.1, net=NET)
-    gn = {"steps": 2, "cg_max_iter": 10}
+    gn = {"method": "gauss_newton", "steps": 2, "cg_max_iter": 10}
     result = train(residual, adam={"steps": 30}, gn=gn, batch_size=64, progress=False)
     assert result.adam.steps == 30 and len(result.gn_history) == 2
     assert all(s["loss_after"] <= s["loss_before"] for s in result.gn_history)

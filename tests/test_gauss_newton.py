@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from pdesampler.optim.gauss_newton import (
     linearize,
     per_point_jacobian,
     run_gauss_newton,
+    step_indices,
     unflatten,
 )
 from pdesampler.targets import Gaussian
@@ -428,3 +430,13 @@ def test_run_gauss_newton_writes_the_last_accepted_step_back_on_error():
     with pytest.raises(RuntimeError, match="2 consecutive non-finite steps"):
         run_gauss_newton(module, make_batch_fns, GaussNewtonConfig(nan_patience=2), progress=False)
     assert float(module().detach().square().sum()) < loss0
+
+
+def test_a_fine_tuner_without_a_step_count_runs_to_its_time_budget() -> None:
+    """``steps=None``: the fine-tuner's time share ends it, not a default count; without a
+    budget the default count applies."""
+    assert list(step_indices(None, None, 7)) == list(range(7))
+    assert list(step_indices(3, 60.0, 7)) == [0, 1, 2]
+    start = time.perf_counter()
+    count = sum(1 for _ in step_indices(None, 0.2, 7))
+    assert count > 7 and 0.2 <= time.perf_counter() - start < 2.0

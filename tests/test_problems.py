@@ -114,7 +114,7 @@ def test_the_app_composes_presets_and_command_line_choices_win(
     assert cfg.collocation.kind == kind
     assert cfg.collocation.prior_box_width == width
     assert cfg.batch_size == batch
-    assert cfg.net.width == 128 and cfg.optim.lr == 5e-3
+    assert cfg.net.width == 128 and cfg.optim.lr == cfg.problem.lr  # the preset's rate
 
 
 @pytest.mark.parametrize("problem", ["gmm9", "mw5", "fab_mw8"])
@@ -124,7 +124,8 @@ def test_the_fine_tuning_preset_is_spring_on_a_width_64_network(problem: str) ->
     cfg = composed(f"problem={problem}", "optim=adam_gn")
     assert cfg.optim.gn.method == "spring" and cfg.optim.gn.momentum == 0.99
     assert cfg.net.width == 64 and cfg.net.depth == 3
-    assert cfg.optim.lr == 5e-3 and cfg.optim.steps == 2000  # Adam's phase as in optim=adam
+    adam = composed(f"problem={problem}", "optim=adam").optim  # Adam's phase as in optim=adam
+    assert cfg.optim.lr == adam.lr and cfg.optim.steps == adam.steps
     cfg = composed(f"problem={problem}", "optim=adam_gn", "net.width=128", "optim.gn.lr=0.05")
     assert cfg.net.width == 128 and cfg.optim.gn.lr == 0.05
     assert composed(f"problem={problem}", "optim=adam").net.width == 128

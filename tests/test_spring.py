@@ -233,10 +233,17 @@ def test_subsampled_curvature_cg_direction_matches_a_dense_solve():
 @pytest.mark.parametrize(
     "gn",
     [
-        {"steps": 3},  # the defaults: a Woodbury step on a float32 model, Gram solve in float64
-        {"method": "spring", "steps": 3},
+        # Gauss-Newton's defaults: a Woodbury step on a float32 model, Gram solve in float64
+        {"method": "gauss_newton", "steps": 3},
+        {"steps": 3},  # SPRING, the default method
         {"method": "spring", "steps": 2, "solver": "cg", "cg_max_iter": 5},
-        {"steps": 2, "solver": "cg", "curvature_fraction": 0.25, "cg_max_iter": 5},
+        {
+            "method": "gauss_newton",
+            "steps": 2,
+            "solver": "cg",
+            "curvature_fraction": 0.25,
+            "cg_max_iter": 5,
+        },
     ],
 )
 def test_train_runs_each_fine_tuner_on_a_float32_residual_without_warnings(gn):

@@ -98,7 +98,8 @@ def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher,
     rows = run_suite(cfg)
     printed = capsys.readouterr().err
     for name in ("logce", "linear"):  # one line per finished run, as it ends
-        assert re.search(rf"^{name}  train \d+ s  score \d+ s  ESS \S+  dlogZ \S+", printed, re.M)
+        line = rf"(^|\r){name}  train \d+ s  score \d+ s  ESS \S+  dlogZ \S+"  # after the bar's \r
+        assert re.search(line, printed, re.M), printed
     assert sorted(row["run"] for row in rows) == ["linear", "logce"]
     (a_start, a_end), (b_start, b_end) = (
         starts_and_ends(results / name / "run.log")[0] for name in ("logce", "linear")

@@ -115,7 +115,7 @@ def compose(*overrides: str):
         ("sampler.refine_budget=-1", "sampler.refine_budget must be an integer >= 0, got -1"),
         ("optim.max_seconds=-1", "optim.max_seconds must be a number > 0 or null, got -1"),
         ("optim.lr=-0.001", "optim.lr must be a number > 0, got -0.001"),
-        ("optim.steps=-3", "optim.steps must be an integer >= 0, got -3"),
+        ("optim.steps=-3", "optim.steps must be an integer >= 0 or null, got -3"),
         ("eval.sinkhorn_max_samples=0", "eval.sinkhorn_max_samples must be a positive integer"),
         ("prior_std=0", "prior_std must be a number > 0, got 0"),
         ("prior_std=-1.5", "prior_std must be a number > 0, got -1.5"),
@@ -138,7 +138,7 @@ def test_bad_numeric_settings_are_named_where_the_config_is_read(tmp_path, overr
         ({"batch_size": -5}, "batch_size must be a positive integer, got -5"),
         ({"max_seconds": -1}, "max_seconds must be a number > 0 or null, got -1"),
         ({"adam": {"lr": -1.0}}, "lr must be a number > 0, got -1.0"),
-        ({"adam": {"steps": -2}}, "steps must be an integer >= 0, got -2"),
+        ({"adam": {"steps": -2}}, "steps must be an integer >= 0 or null, got -2"),
     ],
 )
 def test_bad_train_arguments_are_named(kwargs, message):
