@@ -34,10 +34,9 @@ from pdesampler.optim.adam import (
     AdamResult,
     NonFiniteLossError,
     run_adam,
-    step_limit,
     temper_power,
 )
-from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian
+from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian, step_limit
 
 __all__ = ["TrainResult", "collocation_loss", "train"]
 

@@ -25,7 +25,7 @@ from pdesampler.checks import (
     Rule,
     check_config,
 )
-from pdesampler.optim.gauss_newton import StepHook
+from pdesampler.optim.gauss_newton import StepHook, step_limit
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -35,7 +35,6 @@ __all__ = [
     "NonFiniteLossError",
     "learning_rate",
     "run_adam",
-    "step_limit",
     "temper_power",
 ]
 
@@ -125,14 +124,6 @@ ADAM_RULES = {
 }
 
 LossFn = Callable[[int], tuple[Tensor, dict[str, Tensor]]]
-
-
-def step_limit(steps: int | None, max_seconds: float | None, default: int) -> float:
-    """The step cap of a phase: ``steps`` when given; with ``steps=None``, none (``inf``) under
-    a wall-clock budget ``max_seconds`` and ``default`` without one."""
-    if steps is not None:
-        return steps
-    return math.inf if max_seconds else default
 
 
 def _progress(cfg: AdamConfig, step: int, elapsed: float) -> float:

@@ -670,12 +670,21 @@ class GaussNewton(FineTuner):
         return self.config.warm_factor * self._previous
 
 
+def step_limit(steps: int | None, max_seconds: float | None, default: int) -> float:
+    """The step cap of a phase (Adam's or a fine-tuner's): ``steps`` when given; with
+    ``steps=None``, none (``inf``) under a wall-clock budget ``max_seconds`` and ``default``
+    without one."""
+    if steps is not None:
+        return steps
+    return math.inf if max_seconds else default
+
+
 def step_indices(steps: int | None, max_seconds: float | None, default: int) -> Iterator[int]:
-    """Step indices until ``steps`` or the wall-clock budget ``max_seconds`` runs out;
-    ``steps=None`` runs until the budget ends (``default`` steps without one)."""
+    """Step indices until :func:`step_limit` or the wall-clock budget ``max_seconds`` runs
+    out."""
     start = time.perf_counter()
-    limit = steps if steps is not None else (None if max_seconds else default)
-    for step in itertools.count() if limit is None else range(limit):
+    limit = step_limit(steps, max_seconds, default)
+    for step in itertools.count() if math.isinf(limit) else range(int(limit)):
         if max_seconds is not None and time.perf_counter() - start >= max_seconds:
             return
         yield step
