@@ -49,7 +49,7 @@ _DERIVATIVES = {
 
 
 class FourierTimeFeatures(nn.Module):
-    """:math:`t \\mapsto (t/T, \\sin(2\\pi k t/T), \\cos(2\\pi k t/T))_{k=1..K}`, fixed frequencies."""
+    r""":math:`t \mapsto (t/T, \sin(2\pi k t/T), \cos(2\pi k t/T))_{k=1..K}`, fixed frequencies."""
 
     def __init__(self, n_frequencies: int, T: float = 1.0) -> None:
         super().__init__()
@@ -66,7 +66,7 @@ class FourierTimeFeatures(nn.Module):
         return torch.cat([t[..., None] / self.T, angles.sin(), angles.cos()], dim=-1)
 
     def time_derivative(self, t: Tensor) -> Tensor:
-        """:math:`\\tfrac{d}{dt}` of the features."""
+        r""":math:`\tfrac{d}{dt}` of the features."""
         freqs = self.freqs.to(t)
         angles = t[..., None] * freqs
         one = torch.ones_like(t)[..., None] / self.T
@@ -110,13 +110,13 @@ class _Trunk(nn.Module):
         return self.activation in _DERIVATIVES
 
     def jet(self, z: Tensor, J: Tensor, n_lap: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Forward Taylor-mode propagation at one input ``z`` of shape ``(n_in,)``.
+        r"""Forward Taylor-mode propagation at one input ``z`` of shape ``(n_in,)``.
 
         Carries the value, the Jacobian ``J`` (``(n_in, m)``: derivatives along ``m`` input
         directions) and the Laplacian ``L`` along the first ``n_lap`` directions. A linear layer
-        maps :math:`(z, J, L) \\mapsto (Wz + b, WJ, WL)`; an activation :math:`\\sigma` maps
-        them to :math:`(\\sigma(y), \\sigma'(y) J, \\sigma'(y) L + \\sigma''(y)
-        \\sum_{i \\le n_{lap}} J_{:, i}^2)`. One pass, no nested autodiff: about half the
+        maps :math:`(z, J, L) \mapsto (Wz + b, WJ, WL)`; an activation :math:`\sigma` maps
+        them to :math:`(\sigma(y), \sigma'(y) J, \sigma'(y) L + \sigma''(y)
+        \sum_{i \le n_{lap}} J_{:, i}^2)`. One pass, no nested autodiff: about half the
         matrix work of forward-over-reverse for a Laplacian (``benchmarks/bench_ops.py``).
         """
         derivatives = _DERIVATIVES[self.activation]
@@ -142,7 +142,7 @@ class _Trunk(nn.Module):
 
 
 class MLP(nn.Module):
-    """:math:`(x, t) \\mapsto` an ``out_dim`` vector; ``out_dim=1`` gives a scalar field
+    r""":math:`(x, t) \mapsto` an ``out_dim`` vector; ``out_dim=1`` gives a scalar field
     (the output is squeezed).
 
     Args:
@@ -186,7 +186,7 @@ class MLP(nn.Module):
         return self.trunk.has_jet
 
     def jet(self, x: Tensor, t: Tensor, laplacian: bool = True, time: bool = True):
-        """Value, :math:`\\partial_t`, Jacobian in ``x`` and Laplacian in ``x`` at one point, in
+        r"""Value, :math:`\partial_t`, Jacobian in ``x`` and Laplacian in ``x`` at one point, in
         one forward Taylor-mode pass (:meth:`_Trunk.jet`).
 
         Returns ``(value (o,), dt (o,) or None, jac (o, d), lap (o,) or None)`` for
@@ -219,7 +219,7 @@ class MLP(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """A small network of ``t`` alone, :math:`t \\mapsto \\mathbb{R}`: for :math:`\\log z(t)`,
+    r"""A small network of ``t`` alone, :math:`t \mapsto \mathbb{R}`: for :math:`\log z(t)`,
     :math:`C_t` and schedules. ``init`` is the constant it starts at."""
 
     def __init__(

@@ -45,7 +45,7 @@ __all__ = [
 
 
 class TraceEstimator:
-    """Chooses the probe vectors ``v`` for traces :math:`\\mathrm{Tr}(A) \\approx c \\sum_v v^\\top A v`."""
+    r"""Chooses the probe vectors ``v`` for traces :math:`\mathrm{Tr}(A) \approx c \sum_v v^\top A v`."""
 
     scale_by_count: bool = False
 
@@ -54,13 +54,13 @@ class TraceEstimator:
         raise NotImplementedError
 
     def reduce(self, quadratic_forms: Tensor) -> Tensor:
-        """Combine the ``k`` values :math:`v^\\top A v` into the trace estimate."""
+        r"""Combine the ``k`` values :math:`v^\top A v` into the trace estimate."""
         return quadratic_forms.mean(-1) if self.scale_by_count else quadratic_forms.sum(-1)
 
 
 @dataclass
 class Exact(TraceEstimator):
-    """Exact trace from the standard basis: :math:`\\mathrm{Tr}(A) = \\sum_i e_i^\\top A e_i`."""
+    r"""Exact trace from the standard basis: :math:`\mathrm{Tr}(A) = \sum_i e_i^\top A e_i`."""
 
     def probes(self, n: int, d: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.eye(d, dtype=dtype, device=device)
@@ -68,7 +68,7 @@ class Exact(TraceEstimator):
 
 @dataclass
 class Hutchinson(TraceEstimator):
-    """Hutchinson estimator :math:`\\mathrm{Tr}(A) \\approx \\frac1k \\sum_j v_j^\\top A v_j`.
+    r"""Hutchinson estimator :math:`\mathrm{Tr}(A) \approx \frac1k \sum_j v_j^\top A v_j`.
 
     Args:
         n_probes: number ``k`` of probes per point.
@@ -104,12 +104,12 @@ def batch_probes(estimator: TraceEstimator, x: Tensor) -> tuple[Tensor, int | No
 
 
 def gradient(f: PointFn) -> PointFn:
-    """:math:`\\nabla_x f(x, t)` of a scalar field."""
+    r""":math:`\nabla_x f(x, t)` of a scalar field."""
     return grad(f, argnums=0)
 
 
 def time_derivative(f: PointFn) -> PointFn:
-    """:math:`\\partial_t f(x, t)` of a scalar or vector field, by one forward-mode product."""
+    r""":math:`\partial_t f(x, t)` of a scalar or vector field, by one forward-mode product."""
 
     def df_dt(x: Tensor, t: Tensor) -> Tensor:
         value, rate = jvp(lambda s: f(x, s), (t,), (torch.ones_like(t),))
@@ -119,7 +119,7 @@ def time_derivative(f: PointFn) -> PointFn:
 
 
 def _quadratic_forms(linear_map: Callable[[Tensor], Tensor], probes: Tensor) -> Tensor:
-    """:math:`v_j^\\top A v_j` for each probe row ``v_j``, with ``A v`` given by ``linear_map``."""
+    r""":math:`v_j^\top A v_j` for each probe row ``v_j``, with ``A v`` given by ``linear_map``."""
     return (vmap(linear_map)(probes) * probes).sum(-1)
 
 
@@ -131,8 +131,8 @@ class VectorJet(NamedTuple):
 
 
 class ScalarJet(NamedTuple):
-    """A scalar field ``f`` at one point with :math:`\\partial_t f`, :math:`\\nabla_x f` and
-    :math:`\\Delta_x f` (``lap`` is ``None`` when it was not requested)."""
+    r"""A scalar field ``f`` at one point with :math:`\partial_t f`, :math:`\nabla_x f` and
+    :math:`\Delta_x f` (``lap`` is ``None`` when it was not requested)."""
 
     value: Tensor
     dt: Tensor
@@ -141,11 +141,11 @@ class ScalarJet(NamedTuple):
 
 
 def vector_jet(F: PointFn, estimator: TraceEstimator | None = None):
-    """``(x, t, probes) -> VectorJet``: :math:`F(x, t)` and :math:`\\nabla\\cdot F(x, t)`.
+    r"""``(x, t, probes) -> VectorJet``: :math:`F(x, t)` and :math:`\nabla\cdot F(x, t)`.
 
     One ``jvp`` per probe gives :math:`J_F v` together with the primal :math:`F(x)`. Under
     ``torch.compile``, which cannot trace a ``jvp`` along per-point (Hutchinson) probes (torch
-    2.13), one reverse pass and a ``vjp`` per probe give :math:`v^\\top J_F^\\top v = v^\\top
+    2.13), one reverse pass and a ``vjp`` per probe give :math:`v^\top J_F^\top v = v^\top
     J_F v` instead.
     """
     estimator = estimator or Exact()
@@ -166,11 +166,11 @@ def vector_jet(F: PointFn, estimator: TraceEstimator | None = None):
 
 
 def scalar_jet(f: PointFn, estimator: TraceEstimator | None = None, *, laplacian: bool = True):
-    """``(x, t, probes) -> ScalarJet`` for a scalar field ``f``.
+    r"""``(x, t, probes) -> ScalarJet`` for a scalar field ``f``.
 
-    One reverse pass gives :math:`(\\nabla_x f, \\partial_t f, f)`; when ``laplacian`` is set,
+    One reverse pass gives :math:`(\nabla_x f, \partial_t f, f)`; when ``laplacian`` is set,
     forward-mode products of that reverse pass along the probes give :math:`H v` and thus
-    :math:`\\Delta f = \\mathrm{Tr}(H)` in the same computation (forward-over-reverse).
+    :math:`\Delta f = \mathrm{Tr}(H)` in the same computation (forward-over-reverse).
     Under ``torch.compile``, which cannot trace forward-over-reverse (torch 2.13), the products
     are vector-Jacobian products of the reverse pass instead (reverse-over-reverse, the same
     :math:`H v` as :math:`H` is symmetric): slower eagerly, 2-3x faster compiled
