@@ -32,20 +32,28 @@ limit is the on-policy BSDE residual of Sun et al. eq. (62) (their Prop. 3.1 and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from pdesampler.losses.base import Dynamics
+from pdesampler.losses.base import Dynamics, Trainable
 from pdesampler.losses.parts import LinearBeta, vp_reverse_diffusion
 from pdesampler.losses.transport import NetSpec, make_prior, make_space_net
 from pdesampler.ops import TraceEstimator
 from pdesampler.targets import Target
 
+if TYPE_CHECKING:
+    from pdesampler.collocation import CollocationSampler
+    from pdesampler.optim import FinetuneConfig
+    from pdesampler.optim.adam import AdamConfig
+
 __all__ = [
     "DIVERGENCES",
     "BrownianReference",
     "Dirac",
+    "PathBatches",
     "TrajectoryLoss",
     "VPReference",
     "dis",
@@ -168,7 +176,23 @@ def path_log_ratio(
     return reference.log_backward(x, x_next, t, t_next) - gaussian_log_kernel(em_residual, var)
 
 
-class TrajectoryLoss(nn.Module):
+class PathBatches:
+    """The training batches of a :class:`TrajectoryLoss`: a batch is ``(n, generator)``, the
+    number of paths and the stream of their Brownian increments, which
+    :meth:`TrajectoryLoss.path_loss` simulates so that the KL loss's gradients flow through the
+    paths."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def update(self, step: int) -> None:
+        """Nothing to update: every batch is fresh paths."""
+
+    def __call__(self, n: int) -> tuple[int, torch.Generator]:
+        return n, self.generator
+
+
+class TrajectoryLoss(Trainable):
     """A control :math:`u` trained on simulated paths (see the module docstring).
 
     Args:
@@ -200,9 +224,35 @@ class TrajectoryLoss(nn.Module):
         self.max_control = max_control
         self.T = reference.T
 
-    @property
-    def dim(self) -> int:
-        return self.target.dim
+    def check_training(self, adam: AdamConfig, finetune: FinetuneConfig | None) -> None:
+        """The path loss is the objective itself: ``optim.loss_form`` and ``optim.temper_from``
+        do not apply, nor does a fine-tuner (no least-squares residual); none runs."""
+        if adam.loss_form != "squares" or adam.temper_from is not None:
+            raise ValueError(
+                f"optim.loss_form and optim.temper_from apply to PDE residuals; the trajectory "
+                f"baseline {type(self).__name__} trains on its own path loss"
+            )
+        if finetune is not None and finetune.steps != 0:
+            raise ValueError(
+                f"Gauss-Newton does not apply to the trajectory baseline {type(self).__name__} "
+                f"({self.divergence}): its loss is an expectation over simulated paths, not a "
+                "least-squares residual; use optim=adam"
+            )
+
+    def training_batches(
+        self,
+        collocation: str | CollocationSampler,
+        generator: torch.Generator,
+        options: Mapping | None = None,
+    ) -> PathBatches:
+        """Fresh paths every step, drawn with ``generator`` (no collocation points)."""
+        return PathBatches(generator)
+
+    def training_loss(
+        self, batch: tuple[int, torch.Generator], form: str = "squares"
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`path_loss` on ``batch = (n, generator)``."""
+        return self.path_loss(*batch)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """:math:`\\mu(x, t) = b(x, t) + \\sigma(t) u(x, t)` at one point, or on a batch
