@@ -60,8 +60,8 @@ def _zero_diffusion(t: Tensor) -> Tensor:
 
 
 class PathReference(Protocol):
-    """The reference process of a trajectory baseline: its diffusion and the log-density of its
-    backward transition :math:`x_{k+1} \\to x_k` on a batch, ``(N, d), (N, d), (), () -> (N,)``."""
+    r"""The reference process of a trajectory baseline: its diffusion and the log-density of its
+    backward transition :math:`x_{k+1} \to x_k` on a batch, ``(N, d), (N, d), (), () -> (N,)``."""
 
     def diffusion(self, t: Tensor) -> Tensor: ...
 
@@ -201,11 +201,11 @@ class Trainable(nn.Module):
 
 
 class Residual(Trainable):
-    """Base class of every loss: named pointwise residual terms and their dynamics.
+    r"""Base class of every loss: named pointwise residual terms and their dynamics.
 
     Args:
         target: the unnormalized target density.
-        weights: the weight :math:`\\alpha_k` of each term, by name.
+        weights: the weight :math:`\alpha_k` of each term, by name.
         T: the time horizon.
         estimator: the trace estimator for divergences and Laplacians (exact by default).
         chunk_size: points per vmap chunk (``None``: all at once). Chunks that keep the
@@ -261,16 +261,16 @@ class Residual(Trainable):
         return terms
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The stacked vector :math:`(\\sqrt{\\alpha_k/N}\\, r_k(x_i, t_i))`, term-major, of
+        r"""The stacked vector :math:`(\sqrt{\alpha_k/N}\, r_k(x_i, t_i))`, term-major, of
         length ``K * N``; its squared norm is the loss."""
         terms = self.residuals(x, t)
         n = x.shape[0]
         return torch.cat([math.sqrt(self.weights[k] / n) * terms[k] for k in self.weights])
 
     def loss(self, x: Tensor, t: Tensor, form: str = "squares") -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(r_k^2)` (``form="squares"``, the
+        r"""The loss :math:`\sum_k \alpha_k\, \mathrm{mean}(r_k^2)` (``form="squares"``, the
         squared norm of :meth:`forward`), or Máté & Fleuret's
-        :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(|r_k| + r_k^2)` (``"abs_and_squares"``, for
+        :math:`\sum_k \alpha_k\, \mathrm{mean}(|r_k| + r_k^2)` (``"abs_and_squares"``, for
         first-order training only), and the unweighted mean square of each term (detached), for
         logging."""
         check("loss form", form, LOSS_FORM)

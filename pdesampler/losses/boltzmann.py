@@ -41,7 +41,7 @@ __all__ = ["gradflow", "learned", "linear"]
 #: starts at s = 0, i.e. 1 - t).
 WEIGHT_RATE_INIT = -4.0
 
-#: ``follow_modes="auto"`` follows the modes when :math:`-\\log\\rho` grows at most about
+#: ``follow_modes="auto"`` follows the modes when :math:`-\log\rho` grows at most about
 #: quadratically (:func:`pdesampler.targets.tail_exponent` up to this; many-wells: 4).
 FOLLOW_MODES_MAX_TAIL = 3.0
 

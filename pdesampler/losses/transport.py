@@ -139,9 +139,9 @@ class TransportResidual(Residual):
         )
 
     def flow_jet(self, x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
-        """The probability-flow drift and its exact divergence from the parts' jets, ``probes``
-        being the standard basis: :math:`\\nabla\\cdot(\\mu - \\tfrac12\\sigma^2\\nabla V)
-        = \\nabla\\cdot\\mu - \\tfrac12\\sigma^2\\Delta V`. The sum over the basis is exact
+        r"""The probability-flow drift and its exact divergence from the parts' jets, ``probes``
+        being the standard basis: :math:`\nabla\cdot(\mu - \tfrac12\sigma^2\nabla V)
+        = \nabla\cdot\mu - \tfrac12\sigma^2\Delta V`. The sum over the basis is exact
         whatever estimator the residual trains with (a Hutchinson estimator's mean over probes
         would divide the trace by ``d``)."""
         sigma_sq = self.sigma_sq(t)
@@ -158,7 +158,7 @@ class TransportResidual(Residual):
 
 # ---------------------------------------------------------------------------- builders
 def make_prior(dim: int, prior_std: float = 1.0) -> Gaussian:
-    """:math:`p_{prior} = \\mathcal{N}(0, s_0^2 I)`."""
+    r""":math:`p_{prior} = \mathcal{N}(0, s_0^2 I)`."""
     check("prior_std", prior_std, POSITIVE)
     return Gaussian(mean=0.0, std=prior_std, dim=dim)
 

@@ -52,7 +52,7 @@ def network_jet(
 
 
 class Coefficients(nn.Module):
-    """The weights ``(a, b, c)`` of :math:`V = a\\log\\rho + b\\log p_{prior} + c\\,\\varphi - a\\log z`."""
+    r"""The weights ``(a, b, c)`` of :math:`V = a\log\rho + b\log p_{prior} + c\,\varphi - a\log z`."""
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -202,7 +202,7 @@ class LogDensityPath(nn.Module):
         self.register_buffer("target_power", torch.tensor(1.0), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`V(x, t)` at one point, without the :math:`\\int C` term."""
+        r""":math:`V(x, t)` at one point, without the :math:`\int C` term."""
         a, b, c = self.coefficients(t)
         log_rho = self.log_rho(x, t)
         if self.log_z is not None:
@@ -219,14 +219,14 @@ class LogDensityPath(nn.Module):
         return a, b, c, a_log_z
 
     def jet(self, x: Tensor, t: Tensor, probes: Tensor, estimator: TraceEstimator, laplacian: bool):
-        """:math:`(V, \\partial_t V, \\nabla V, \\Delta V)` at one point.
+        r""":math:`(V, \partial_t V, \nabla V, \Delta V)` at one point.
 
-        Assembled from the jets of :math:`\\log\\rho`, :math:`\\log p_{prior}` and
-        :math:`\\varphi` (:func:`network_jet`) and the time derivatives of the coefficients:
-        :math:`\\partial_t V = a'(\\log\\rho - \\log z) + a\\,\\partial_t\\log\\rho - a\\,(\\log z)'
-        + b'\\log p_{prior} + c'\\varphi + c\\,\\partial_t\\varphi - C_t` (:math:`\\partial_t\\log\\rho`
-        is not 0 only with ``rho_scale``), while :math:`\\nabla` and :math:`\\Delta`
-        are linear: :math:`\\Delta V = a\\Delta\\log\\rho + b\\Delta\\log p_{prior} + c\\Delta\\varphi`.
+        Assembled from the jets of :math:`\log\rho`, :math:`\log p_{prior}` and
+        :math:`\varphi` (:func:`network_jet`) and the time derivatives of the coefficients:
+        :math:`\partial_t V = a'(\log\rho - \log z) + a\,\partial_t\log\rho - a\,(\log z)'
+        + b'\log p_{prior} + c'\varphi + c\,\partial_t\varphi - C_t` (:math:`\partial_t\log\rho`
+        is not 0 only with ``rho_scale``), while :math:`\nabla` and :math:`\Delta`
+        are linear: :math:`\Delta V = a\Delta\log\rho + b\Delta\log p_{prior} + c\Delta\varphi`.
         """
         (a, b, c, alz), rates = jvp(self.time_terms, (t,), (torch.ones_like(t),))
         da, db, dc, dalz = (r.to(t.dtype) for r in rates)  # jvp of a 0-dim t may promote
@@ -247,7 +247,7 @@ class LogDensityPath(nn.Module):
         return ScalarJet(value, dt, grad, lap)
 
     def log_rho(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\beta \\log\\rho` at one point (``target_power`` :math:`\\beta`), read at
+        r""":math:`\beta \log\rho` at one point (``target_power`` :math:`\beta`), read at
         :math:`x / k(t)` with ``rho_scale``."""
         if self.rho_scale is not None:
             x = x / self.rho_scale(t)
@@ -257,12 +257,12 @@ class LogDensityPath(nn.Module):
         return _point_log_prob(self.prior, x)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\nabla_x V(x, t)` at one point."""
+        r""":math:`\nabla_x V(x, t)` at one point."""
         return ops.gradient(self.forward)(x, t)
 
     def log_z_estimate(self) -> float | None:
-        """:math:`\\log z(T)`, or :math:`\\int_0^T C_t\\,dt` (Gauss-Legendre) for a Boltzmann curve
-        whose :math:`V(\\cdot, 0)` is the normalized prior; ``None`` otherwise."""
+        r""":math:`\log z(T)`, or :math:`\int_0^T C_t\,dt` (Gauss-Legendre) for a Boltzmann curve
+        whose :math:`V(\cdot, 0)` is the normalized prior; ``None`` otherwise."""
         param = next(self.parameters(), None)
         kw = {
             "dtype": param.dtype if param is not None else torch.float32,

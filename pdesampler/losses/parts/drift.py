@@ -15,8 +15,8 @@ __all__ = ["Drift", "DriftJet", "FreeDrift", "GradientDrift", "ScoreDrift"]
 
 
 class DriftJet(NamedTuple):
-    """The drift at one point, its divergence, and the potential's jet when
-    :math:`\\mu = \\nabla\\Phi` (for the HJB term)."""
+    r"""The drift at one point, its divergence, and the potential's jet when
+    :math:`\mu = \nabla\Phi` (for the HJB term)."""
 
     value: Tensor
     div: Tensor
@@ -24,7 +24,7 @@ class DriftJet(NamedTuple):
 
 
 class Drift(nn.Module):
-    """A drift :math:`\\mu(x, t)`. ``forward`` gives the value at one point (for sampling) and
+    r"""A drift :math:`\mu(x, t)`. ``forward`` gives the value at one point (for sampling) and
     ``jet`` the value with its divergence (for residuals), given the log-density's jet."""
 
     needs_density_laplacian: bool = False
@@ -36,7 +36,7 @@ class Drift(nn.Module):
 
 
 class FreeDrift(Drift):
-    """:math:`\\mu` is a network of ``(x, t)`` (logCE, logFP, annealing, Boltzmann curves)."""
+    r""":math:`\mu` is a network of ``(x, t)`` (logCE, logFP, annealing, Boltzmann curves)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -94,8 +94,8 @@ class ScoreDrift(Drift):
         return -beta / 2, -beta / 2
 
     def forward(self, x: Tensor, t: Tensor, score_shift: Tensor | float = 0.0) -> Tensor:
-        """:math:`(A(t) + \text{score\\_shift})\nabla V + B(t)\\,x`; the shift
-        :math:`-\\sigma^2/2` gives the probability-flow drift with one gradient of V."""
+        r""":math:`(A(t) + \text{score\_shift})\nabla V + B(t)\,x`; the shift
+        :math:`-\sigma^2/2` gives the probability-flow drift with one gradient of V."""
         A, B = self.coefficients(t)
         return (A + score_shift) * self.density.score(x, t) + B * x
 

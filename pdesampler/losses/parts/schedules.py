@@ -11,7 +11,7 @@ __all__ = ["ConstantBeta", "Diffusion", "LinearBeta", "constant_diffusion", "vp_
 
 
 class ConstantBeta(nn.Module):
-    """:math:`\\beta(t) = \\bar\\sigma^2`, constant."""
+    r""":math:`\beta(t) = \bar\sigma^2`, constant."""
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
@@ -22,7 +22,7 @@ class ConstantBeta(nn.Module):
 
 
 class LinearBeta(nn.Module):
-    """:math:`\\beta(t) = \\beta_{min} + (t/T)(\\beta_{max} - \\beta_{min})` (Song et al. VP-SDE)."""
+    r""":math:`\beta(t) = \beta_{min} + (t/T)(\beta_{max} - \beta_{min})` (Song et al. VP-SDE)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
         super().__init__()
@@ -42,10 +42,10 @@ Diffusion = Callable[[Tensor], Tensor]
 
 
 def constant_diffusion(sigma: float) -> Diffusion:
-    """:math:`\\sigma(t) = \\bar\\sigma`."""
+    r""":math:`\sigma(t) = \bar\sigma`."""
     return lambda t: torch.full_like(t, float(sigma))
 
 
 def vp_reverse_diffusion(beta: nn.Module, T: float) -> Diffusion:
-    """The diffusion of the reversed VP-SDE: :math:`\\sigma(t) = \\sqrt{\\beta(T - t)}`."""
+    r"""The diffusion of the reversed VP-SDE: :math:`\sigma(t) = \sqrt{\beta(T - t)}`."""
     return lambda t: beta(T - t).sqrt()
