@@ -316,6 +316,21 @@ class TrajectoryLoss(Trainable):
 
 
 # ---------------------------------------------------------------------------- builders
+def _baseline(
+    target: Target,
+    reference: Reference,
+    net: NetSpec | None,
+    divergence: str,
+    steps: int,
+    max_control: float | None,
+) -> TrajectoryLoss:
+    """A :class:`TrajectoryLoss` whose control is an :class:`MLP` of ``(x, t)`` (spec ``net``)
+    on the reference's horizon."""
+    control = make_space_net(target.dim, target.dim, net, reference.T)
+    kw = {"divergence": divergence, "steps": steps, "max_control": max_control}
+    return TrajectoryLoss(target, reference, control, **kw)
+
+
 def pis(
     target: Target,
     net: NetSpec | None = None,
@@ -333,15 +348,7 @@ def pis(
     common signature (the runner passes them); paths call the network batched and take no
     traces."""
     reference = BrownianReference(target.dim, sigma, T)
-    control = make_space_net(target.dim, target.dim, net, T)
-    return TrajectoryLoss(
-        target,
-        reference,
-        control,
-        divergence=divergence,
-        steps=steps,
-        max_control=max_control,
-    )
+    return _baseline(target, reference, net, divergence, steps, max_control)
 
 
 def dis(
@@ -362,15 +369,7 @@ def dis(
     :math:`\beta` from 0.1 to 10, :math:`T = 1`; 200 steps; the control clipped at 10).
     ``chunk_size`` and ``estimator`` are accepted as in :func:`pis`."""
     reference = VPReference(target.dim, beta_min, beta_max, T, prior_std)
-    control = make_space_net(target.dim, target.dim, net, T)
-    return TrajectoryLoss(
-        target,
-        reference,
-        control,
-        divergence=divergence,
-        steps=steps,
-        max_control=max_control,
-    )
+    return _baseline(target, reference, net, divergence, steps, max_control)
 
 
 def pis_kl(target: Target, **kw) -> TrajectoryLoss:
