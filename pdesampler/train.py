@@ -124,11 +124,12 @@ def train(
     checkpoint = Checkpoint(checkpoint_dir, batches.generator)
     if checkpoint.phase == "done":
         return _restored(residual, checkpoint)
-    run = partial(_adam_phase, residual, batches, adam_cfg, batch_size, checkpoint)
-    result = TrainResult(run(progress=progress, on_step=on_step, compile=compile))
+    hooks = {"progress": progress, "on_step": on_step}
+    adam_result = _adam_phase(residual, batches, adam_cfg, batch_size, checkpoint, compile, **hooks)
+    result = TrainResult(adam_result)
     if gn_cfg is not None and gn_cfg.steps != 0:
         finetune = residual.finetune_batches(batches, gn_batch_size or batch_size, gn_cfg)
-        _finetune_phase(result, residual, gn_cfg, finetune, progress=progress, on_step=on_step)
+        _finetune_phase(result, residual, gn_cfg, finetune, **hooks)
     result.final_loss = collocation_loss(residual, batches, batch_size)
     done = {"gn_history": result.gn_history, "gn_seconds": result.gn_seconds}
     checkpoint.save(residual, asdict(result.adam), "done", **done, final_loss=result.final_loss)
@@ -175,10 +176,10 @@ def _adam_phase(
     cfg: AdamConfig,
     batch_size: int,
     checkpoint: Checkpoint,
+    compile: bool | str,
     *,
     progress: bool,
     on_step: StepHook | None,
-    compile: bool | str,
 ) -> AdamResult:
     """Adam on :meth:`Trainable.training_loss` with a fresh batch of ``batch_size`` per step,
     checkpointed; a non-finite loss says what in the last batch may be the cause."""

@@ -201,7 +201,7 @@ class Trainable(nn.Module):
 
 
 class Residual(Trainable):
-    r"""Base class of every loss: named pointwise residual terms and their dynamics.
+    r"""Base class of every PDE residual loss: named pointwise residual terms and their dynamics.
 
     Args:
         target: the unnormalized target density.
@@ -295,7 +295,7 @@ class Residual(Trainable):
         """:func:`pdesampler.losses.validate_residual`, with the fine-tuner's Jacobian
         products when one follows: a residual torch.func cannot transform, a wrong term shape
         or broken dynamics fail at once with a clear message."""
-        from pdesampler.losses.validate import validate_residual  # it builds on this module
+        from pdesampler.losses.validate import validate_residual  # it imports this module
 
         finetuning = finetune is not None and finetune.steps != 0
         product = getattr(finetune, "jacobian_product", "double_vjp") if finetuning else None
@@ -310,7 +310,7 @@ class Residual(Trainable):
         """Collocation batches ``(x, t)``: ``collocation`` itself when it is a sampler, or the
         kind for :func:`pdesampler.collocation.make_collocation` (``"default"``:
         :attr:`default_collocation`) with keyword arguments ``options``."""
-        from pdesampler.collocation import CollocationSampler, make_collocation  # as above
+        from pdesampler.collocation import CollocationSampler, make_collocation  # imports this
 
         sampler = collocation
         if not isinstance(collocation, CollocationSampler):
@@ -328,7 +328,7 @@ class Residual(Trainable):
 
     def non_finite_cause(self, batch: Any) -> str:
         """NaN/Inf collocation points, or a target log-density that is not finite there."""
-        from pdesampler.losses.validate import non_finite_log_prob  # as above
+        from pdesampler.losses.validate import non_finite_log_prob  # it imports this module
 
         x = batch[0]
         bad_rows = int((~torch.isfinite(x).all(1)).sum())
