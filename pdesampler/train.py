@@ -1,9 +1,11 @@
-"""Training: an Adam phase, then an optional Gauss-Newton phase, on any Residual.
+"""Training: an Adam phase, then an optional second-order fine-tuner, on any :class:`Trainable`.
 
-Both phases see the residual only through its interface: Adam minimizes
-:meth:`Residual.loss` on collocation batches, and Gauss-Newton linearizes the stacked vector
-:meth:`Residual.forward` through ``torch.func.functional_call`` (per-point Jacobians when the
-residual is ``pointwise``). Checkpoints let an interrupted run resume.
+Both phases see the loss only through its interface: Adam minimizes
+:meth:`Trainable.training_loss` on :meth:`Trainable.training_batches` (collocation points for a
+residual, simulated paths for a trajectory baseline), and a fine-tuner (Gauss-Newton, SPRING)
+linearizes a residual's stacked vector :meth:`Residual.forward` through
+``torch.func.functional_call`` (:meth:`Trainable.finetune_batches`). A :class:`Checkpoint` lets
+an interrupted run resume.
 """
 
 from __future__ import annotations
@@ -16,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.func import functional_call
 
+from pdesampler.checkpoint import CHECKPOINT, Checkpoint
 from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
-from pdesampler.collocation import CollocationSampler, make_collocation
+from pdesampler.collocation import CollocationSampler
 from pdesampler.compiling import CompiledOrEager, should_compile
-from pdesampler.losses.base import Residual
-from pdesampler.losses.parts import LogDensityPath
-from pdesampler.losses.trajectory import TrajectoryLoss
-from pdesampler.losses.validate import non_finite_log_prob, validate_residual
-from pdesampler.ops import Exact
+from pdesampler.losses.base import Trainable, TrainingBatches
 from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
 from pdesampler.optim.adam import (
     DEFAULT_STEPS,
@@ -36,11 +33,9 @@ from pdesampler.optim.adam import (
     run_adam,
     temper_power,
 )
-from pdesampler.optim.gauss_newton import StepHook, per_point_jacobian, step_limit
+from pdesampler.optim.gauss_newton import StepHook, step_limit
 
-__all__ = ["TrainResult", "collocation_loss", "train"]
-
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "TrainResult", "collocation_loss", "train"]
 
 
 @dataclass
@@ -72,20 +67,14 @@ class TrainResult:
         }
 
 
-def _param_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(module.parameters())
-    return p.dtype, p.device
-
-
-def collocation_loss(residual: Residual, sampler: CollocationSampler, n: int) -> float:
-    """The loss on one fresh collocation batch (the 'loss' column of the results)."""
-    x, t = sampler(n)
-    loss, _ = residual.loss(x, t)
-    return float(loss.detach())
+def collocation_loss(residual: Trainable, sampler: TrainingBatches, n: int) -> float:
+    """The loss on one fresh training batch of size ``n`` (the 'loss' column of the results)."""
+    value, _ = residual.training_loss(sampler(n))
+    return float(value.detach())
 
 
 def train(
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     *,
     adam: AdamConfig | Mapping | None = None,
     gn: FinetuneConfig | Mapping | None = None,
@@ -102,274 +91,155 @@ def train(
     on_step: StepHook | None = None,
     compile: bool | str = "auto",
 ) -> TrainResult:
-    """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given. A
-    trajectory baseline (:class:`TrajectoryLoss`) trains with Adam on simulated paths and
-    refuses a fine-tuner.
+    """Train ``residual`` in place: Adam, then a second-order fine-tuner if ``gn`` is given (a
+    trajectory baseline refuses one), resuming from ``checkpoint_dir``.
 
     Args:
-        residual: any :class:`Residual` (its parameters' dtype and device are used).
+        residual: any :class:`Trainable` (its parameters' dtype and device are used).
         adam: :class:`AdamConfig` or a mapping of its fields (``steps=0`` skips Adam).
         gn: the fine-tuning phase (``None``: none): a :class:`SpringConfig`, a
             :class:`GaussNewtonConfig`, or a mapping of its fields with ``method`` naming it
-            (``"spring"``, the default, as ``optim=adam_gn``, or ``"gauss_newton"``; see
-            :func:`pdesampler.optim.finetune_config`).
-        batch_size: collocation points per Adam step.
-        collocation: a sampler, or a kind for :func:`make_collocation` (``"default"``: the
-            residual's own choice).
-        collocation_options: keyword arguments of :func:`make_collocation`.
-        seed: seeds the collocation stream.
+            (``"spring"``, the default, or ``"gauss_newton"``; :func:`finetune_config`).
+        batch_size: collocation points (or paths) per Adam step.
+        collocation, collocation_options: a sampler, or a kind for :func:`make_collocation`
+            (``"default"``: the residual's own choice) and its keyword arguments.
+        seed: seeds the stream of training batches.
         max_seconds: wall-clock budget of the whole training; GN gets ``gn_time_fraction``.
         gn_batch_size: collocation points per GN step (default ``batch_size``).
         checkpoint_dir: where ``checkpoint.pt`` is written and resumed from.
         progress: tqdm bars.
-        validate: first run the residual on a few points (:func:`validate_residual`), so that
-            a residual torch.func cannot transform, a wrong term shape or broken dynamics fail
-            at once with a clear message.
+        validate: first run the loss on a few points (:meth:`Trainable.validate_training`).
         on_step: ``(steps, elapsed seconds, parameters)`` after every step of each phase
             (steps and seconds count from the start of that phase).
         compile: evaluate the Adam phase's loss through ``torch.compile`` (``"auto"``: on CPU
-            for a phase of at least five minutes and 10 s per dimension, or 1000 steps; see
-            :mod:`pdesampler.compiling`); a residual that does not compile runs eagerly, with a
-            warning.
+            for a long enough phase; :func:`should_compile`); one that does not compile runs
+            eagerly, with a warning.
     """
+    sizes = (batch_size, gn_batch_size)
+    adam_cfg, gn_cfg = _configs(residual, adam, gn, sizes, max_seconds, gn_time_fraction)
+    if validate:
+        residual.validate_training(gn_cfg)
+    generator = torch.Generator().manual_seed(seed)
+    batches = residual.training_batches(collocation, generator, collocation_options)
+    checkpoint = Checkpoint(checkpoint_dir, batches.generator)
+    if checkpoint.phase == "done":
+        return _restored(residual, checkpoint)
+    hooks = {"progress": progress, "on_step": on_step}
+    adam_result = _adam_phase(residual, batches, adam_cfg, batch_size, checkpoint, compile, **hooks)
+    result = TrainResult(adam_result)
+    if gn_cfg is not None and gn_cfg.steps != 0:
+        finetune = residual.finetune_batches(batches, gn_batch_size or batch_size, gn_cfg)
+        _finetune_phase(result, residual, gn_cfg, finetune, **hooks)
+    result.final_loss = collocation_loss(residual, batches, batch_size)
+    done = {"gn_history": result.gn_history, "gn_seconds": result.gn_seconds}
+    checkpoint.save(residual, asdict(result.adam), "done", **done, final_loss=result.final_loss)
+    return result
+
+
+def _configs(
+    loss: Trainable,
+    adam: AdamConfig | Mapping | None,
+    gn: FinetuneConfig | Mapping | None,
+    sizes: tuple[int, int | None],
+    max_seconds: float | None,
+    gn_time_fraction: float,
+) -> tuple[AdamConfig, FinetuneConfig | None]:
+    """The checked phase configs, the fine-tuner ``None`` where none runs, with the time budget
+    ``max_seconds`` split: the fine-tuner's share is ``gn_time_fraction``. ``sizes`` are the
+    batch sizes of the two phases."""
+    batch_size, gn_batch_size = sizes
     check("batch_size", batch_size, POSITIVE_INT)
     check("max_seconds", max_seconds, POSITIVE_OR_NONE)
     check("gn_time_fraction", gn_time_fraction, FRACTION)
     if gn_batch_size is not None:
         check("gn_batch_size", gn_batch_size, POSITIVE_INT)
     adam_cfg = build_config(AdamConfig, adam) or AdamConfig()
-    gn_cfg = finetune_config(gn)
-    if isinstance(residual, TrajectoryLoss):
-        return _train_trajectory(
-            residual, adam_cfg, gn_cfg, batch_size, seed, max_seconds, checkpoint_dir, progress
-        )
+    gn_cfg = loss.check_training(adam_cfg, finetune_config(gn))
     if max_seconds is not None:
         share = gn_time_fraction if gn_cfg is not None else 0.0
         adam_cfg.max_seconds = max_seconds * (1 - share)
         if gn_cfg is not None:
             gn_cfg.max_seconds = max_seconds * share
-    if validate:
-        finetuning = gn_cfg is not None and gn_cfg.steps != 0
-        gn_product = getattr(gn_cfg, "jacobian_product", "double_vjp") if finetuning else None
-        validate_residual(residual, gauss_newton=gn_product)
-    dtype, device = _param_dtype_device(residual)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = (
-        collocation
-        if isinstance(collocation, CollocationSampler)
-        else make_collocation(
-            collocation,
-            residual,
-            generator,
-            dtype=dtype,
-            device=device,
-            **dict(collocation_options or {}),
-        )
-    )
-    sampler.bind(residual)
-    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    state = torch.load(path, weights_only=False) if path is not None and path.exists() else None
-    if state is not None:
-        sampler.generator.set_state(state["extra"]["generator"])
-    if state is not None and state["extra"].get("phase") == "done":
-        residual.load_state_dict(state["model"])
-        extra_state = state["extra"]
-        return TrainResult(
-            AdamResult(**state["result"]),
-            extra_state["gn_history"],
-            extra_state["gn_seconds"],
-            extra_state["final_loss"],
-        )
+    return adam_cfg, gn_cfg
 
-    last_batch: list[Tensor] = []
-    residual_loss = residual.loss  # a residual of one's own may override loss(x, t) without form
-    if adam_cfg.loss_form != "squares":
-        residual_loss = partial(residual.loss, form=adam_cfg.loss_form)
-    adam_steps = step_limit(adam_cfg.steps, adam_cfg.max_seconds, DEFAULT_STEPS)
-    if should_compile(compile, device, adam_steps, adam_cfg.max_seconds, residual.dim):
-        residual_loss = CompiledOrEager(residual_loss, f"{type(residual).__name__}.loss")
+
+def _restored(loss: Trainable, checkpoint: Checkpoint) -> TrainResult:
+    """The result of a finished run, its weights loaded into ``loss``."""
+    result, extra = checkpoint.restore(loss)
+    gn_history, gn_seconds = extra.get("gn_history", []), extra.get("gn_seconds", 0.0)
+    return TrainResult(AdamResult(**result), gn_history, gn_seconds, extra["final_loss"])
+
+
+def _adam_phase(
+    loss: Trainable,
+    batches: TrainingBatches,
+    cfg: AdamConfig,
+    batch_size: int,
+    checkpoint: Checkpoint,
+    compile: bool | str,
+    *,
+    progress: bool,
+    on_step: StepHook | None,
+) -> AdamResult:
+    """Adam on :meth:`Trainable.training_loss` with a fresh batch of ``batch_size`` per step,
+    checkpointed; a non-finite loss says what in the last batch may be the cause."""
+    objective = partial(loss.training_loss, form=cfg.loss_form)
+    steps = step_limit(cfg.steps, cfg.max_seconds, DEFAULT_STEPS)
+    device = next(loss.parameters()).device
+    if loss.compilable and should_compile(compile, device, steps, cfg.max_seconds, loss.dim):
+        objective = CompiledOrEager(objective, f"{type(loss).__name__}.loss")
+    last_batch: list = []
 
     def loss_fn(step: int):
-        sampler.update(step)
-        x, t = sampler(batch_size)
-        last_batch[:] = [x]
-        return residual_loss(x, t)
+        batches.update(step)
+        last_batch[:] = [batches(batch_size)]
+        return objective(last_batch[0])
 
-    def extra(phase: str = "adam", **more) -> dict:
-        return {"generator": sampler.generator.get_state(), "phase": phase, **more}
-
-    residual.train()
-    set_power = _tempering(residual, adam_cfg)
+    loss.train()
+    set_power = _tempering(loss, cfg)
     try:
-        adam_result = run_adam(
-            residual,
+        return run_adam(
+            loss,
             loss_fn,
-            adam_cfg,
-            checkpoint=path,
-            state=state,
+            cfg,
+            checkpoint=checkpoint.path,
+            state=checkpoint.state,
             progress=progress,
-            on_checkpoint=extra,
+            on_checkpoint=checkpoint.extra,
             on_step=on_step,
             on_progress=set_power,
         )
     except NonFiniteLossError as err:
-        raise NonFiniteLossError(f"{err}{_blame(residual.target, last_batch[0])}") from err
+        raise NonFiniteLossError(f"{err}{loss.non_finite_cause(last_batch[0])}") from err
     finally:
         if set_power is not None:  # the untempered target after Adam, however it ended
             set_power(1.0)
-    result = TrainResult(adam_result)
-    if gn_cfg is not None and gn_cfg.steps != 0:
-        start = time.perf_counter()
-        history = run_finetuner(
-            gn_cfg,
-            residual,
-            _gn_batches(residual, sampler, gn_batch_size or batch_size, gn_cfg),
-            progress=progress,
-            on_step=on_step,
-        )
-        result.gn_seconds = time.perf_counter() - start
-        result.gn_history = [asdict(info) for info in history]
-    result.final_loss = collocation_loss(residual, sampler, batch_size)
-    if path is not None:
-        payload = {"model": residual.state_dict(), "result": asdict(result.adam)}
-        payload["extra"] = extra(
-            "done",
-            gn_history=result.gn_history,
-            gn_seconds=result.gn_seconds,
-            final_loss=result.final_loss,
-        )
-        torch.save(payload, path)
-    return result
 
 
-def _tempering(residual: Residual, adam_cfg: AdamConfig) -> Callable[[float], None] | None:
+def _finetune_phase(
+    result: TrainResult,
+    loss: Trainable,
+    cfg: FinetuneConfig,
+    batches: Callable[[int], tuple],
+    *,
+    progress: bool,
+    on_step: StepHook | None,
+) -> None:
+    """The fine-tuner ``cfg`` on the step batches of :meth:`Trainable.finetune_batches`; its
+    history and seconds go to ``result``."""
+    start = time.perf_counter()
+    history = run_finetuner(cfg, loss, batches, progress=progress, on_step=on_step)
+    result.gn_seconds = time.perf_counter() - start
+    result.gn_history = [asdict(info) for info in history]
+
+
+def _tempering(loss: Trainable, cfg: AdamConfig) -> Callable[[float], None] | None:
     """The hook that sets the tempered target's power from the Adam phase's progress
     (:func:`temper_power`), or ``None`` when ``temper_from`` is off."""
-    if adam_cfg.temper_from is None:
+    if cfg.temper_from is None:
         return None
-    density = getattr(residual, "density", None)
-    if not isinstance(density, LogDensityPath):
-        raise ValueError(
-            f"optim.temper_from needs a residual whose log-density path reads the target "
-            f"(a LogDensityPath at .density); {type(residual).__name__} has none"
-        )
 
     def set_power(progress: float) -> None:
-        density.target_power.fill_(temper_power(adam_cfg, progress))
+        loss.set_target_power(temper_power(cfg, progress))
 
     return set_power
-
-
-def _train_trajectory(
-    loss: TrajectoryLoss,
-    adam_cfg: AdamConfig,
-    gn_cfg: FinetuneConfig | None,
-    batch_size: int,
-    seed: int,
-    max_seconds: float | None,
-    checkpoint_dir: str | Path | None,
-    progress: bool,
-) -> TrainResult:
-    """Adam on :meth:`TrajectoryLoss.path_loss` with ``batch_size`` fresh paths per step (the
-    seed drives the Brownian increments); checkpoints and resume as for a residual."""
-    if adam_cfg.loss_form != "squares" or adam_cfg.temper_from is not None:
-        raise ValueError(
-            f"optim.loss_form and optim.temper_from apply to PDE residuals; the trajectory "
-            f"baseline {type(loss).__name__} trains on its own path loss"
-        )
-    if gn_cfg is not None and gn_cfg.steps != 0:
-        raise ValueError(
-            f"Gauss-Newton does not apply to the trajectory baseline {type(loss).__name__} "
-            f"({loss.divergence}): its loss is an expectation over simulated paths, not a "
-            "least-squares residual; use optim=adam"
-        )
-    if max_seconds is not None:
-        adam_cfg.max_seconds = max_seconds
-    generator = torch.Generator().manual_seed(seed)
-    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    state = torch.load(path, weights_only=False) if path is not None and path.exists() else None
-    if state is not None:
-        generator.set_state(state["extra"]["generator"])
-    if state is not None and state["extra"].get("phase") == "done":
-        loss.load_state_dict(state["model"])
-        return TrainResult(AdamResult(**state["result"]), final_loss=state["extra"]["final_loss"])
-
-    def extra(phase: str = "adam", **more) -> dict:
-        return {"generator": generator.get_state(), "phase": phase, **more}
-
-    loss.train()
-    result = TrainResult(
-        run_adam(
-            loss,
-            lambda step: loss.path_loss(batch_size, generator),
-            adam_cfg,
-            checkpoint=path,
-            state=state,
-            progress=progress,
-            on_checkpoint=extra,
-        )
-    )
-    with torch.no_grad():
-        result.final_loss = float(loss.path_loss(batch_size, generator)[0])
-    if path is not None:
-        payload = {"model": loss.state_dict(), "result": asdict(result.adam)}
-        torch.save({**payload, "extra": extra("done", final_loss=result.final_loss)}, path)
-    return result
-
-
-def _blame(target, x: Tensor) -> str:
-    """Why the last collocation batch ``x`` may have given a non-finite loss: NaN/Inf points,
-    or a target log-density that is not finite there ("" when neither)."""
-    bad_rows = int((~torch.isfinite(x).all(1)).sum())
-    if bad_rows:
-        return f"; the collocation batch has {bad_rows} of {len(x)} NaN/Inf points"
-    problem = non_finite_log_prob(target, x.detach(), "of the last collocation batch")
-    return f"; the target is the cause: {problem}" if problem else ""
-
-
-def _gn_batches(residual: Residual, sampler: CollocationSampler, n: int, cfg: FinetuneConfig):
-    """``step -> (residual_fn, point_jacobian_fn, search_fn, curvature_fn)`` on a fresh
-    collocation batch per step.
-
-    A fine-tuner's config may ask for two extras: ``line_search_batch="fresh"`` (``search_fn``
-    on an independent batch) and ``curvature_fraction < 1`` (``curvature_fn`` on the first
-    points of the batch). Fine-tuners need a fixed function of the parameters per batch: with
-    a Hutchinson estimator the probe stream is rewound before every evaluation, and per-point
-    Jacobians (random draws inside vmap) are not offered, so they use CG.
-    """
-    work_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
-    probe_stream = getattr(residual.estimator, "generator", None)
-    fresh_search = getattr(cfg, "line_search_batch", "same") == "fresh"
-    curvature_points = max(1, round(getattr(cfg, "curvature_fraction", 1.0) * n))
-
-    def batch():
-        x, t = sampler(n)
-        if work_dtype is not None:
-            x, t = x.to(work_dtype), t.to(work_dtype)
-        return x, t
-
-    def make(step: int):
-        sampler.update(step)
-        x, t = batch()
-        probe_state = probe_stream.get_state() if probe_stream is not None else None
-
-        def on(x: Tensor, t: Tensor):
-            def residual_fn(params):
-                if probe_state is not None:
-                    probe_stream.set_state(probe_state)
-                return functional_call(residual, params, (x, t), tie_weights=False)
-
-            return residual_fn
-
-        def jacobian_fn(params):
-            return per_point_jacobian(residual, params, x, t)
-
-        exact = isinstance(residual.estimator, Exact)
-        search_fn = on(*batch()) if fresh_search else None
-        curvature_fn = (
-            on(x[:curvature_points], t[:curvature_points]) if curvature_points < n else None
-        )
-        jacobian = jacobian_fn if residual.pointwise and exact else None
-        return on(x, t), jacobian, search_fn, curvature_fn
-
-    return make

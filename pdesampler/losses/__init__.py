@@ -1,10 +1,11 @@
-"""The Residual interface and the loss catalogue (docs/losses.md; the equations: docs/math.md)."""
+"""The Residual and Trainable interfaces and the loss catalogue (docs/losses.md; the equations:
+docs/math.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pdesampler.losses.base import Dynamics, Residual, ResidualShapeError
+from pdesampler.losses.base import Dynamics, Residual, ResidualShapeError, Trainable
 from pdesampler.losses.boltzmann import gradflow, learned, linear
 from pdesampler.losses.trajectory import TrajectoryLoss, dis_kl, dis_lv, pis_kl, pis_lv
 from pdesampler.losses.transport import (
@@ -60,6 +61,7 @@ __all__ = [
     "Residual",
     "ResidualShapeError",
     "ResidualValidationError",
+    "Trainable",
     "TrajectoryLoss",
     "TransportResidual",
     "make_loss",

@@ -12,6 +12,9 @@ vector through ``torch.func.functional_call`` (Sun et al. section 4), and the sa
 
 To write a residual, subclass :class:`Residual` and implement :meth:`point_residuals` for a
 single point (it is vmapped over the batch) and :meth:`dynamics`.
+
+:class:`Trainable` is what :func:`pdesampler.train.train` asks of a loss, residual or not (the
+trajectory baselines of :mod:`pdesampler.losses.trajectory` train on simulated paths).
 """
 
 from __future__ import annotations
@@ -19,19 +22,33 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
 from pdesampler.checks import LOSS_FORM, check
+from pdesampler.losses.least_squares import finetune_batches
+from pdesampler.losses.parts.density import LogDensityPath
 from pdesampler.ops import Exact, TraceEstimator, VectorJet, batch_probes
 from pdesampler.targets import Target
 
+if TYPE_CHECKING:
+    from pdesampler.collocation import CollocationSampler
+    from pdesampler.optim import FinetuneConfig
+    from pdesampler.optim.adam import AdamConfig
+
 PointFn = Callable[[Tensor, Tensor], Tensor]
 
-__all__ = ["Dynamics", "PathReference", "Residual", "ResidualShapeError"]
+__all__ = [
+    "Dynamics",
+    "PathReference",
+    "Residual",
+    "ResidualShapeError",
+    "Trainable",
+    "TrainingBatches",
+]
 
 
 class ResidualShapeError(ValueError):
@@ -43,8 +60,8 @@ def _zero_diffusion(t: Tensor) -> Tensor:
 
 
 class PathReference(Protocol):
-    """The reference process of a trajectory baseline: its diffusion and the log-density of its
-    backward transition :math:`x_{k+1} \\to x_k` on a batch, ``(N, d), (N, d), (), () -> (N,)``."""
+    r"""The reference process of a trajectory baseline: its diffusion and the log-density of its
+    backward transition :math:`x_{k+1} \to x_k` on a batch, ``(N, d), (N, d), (), () -> (N,)``."""
 
     def diffusion(self, t: Tensor) -> Tensor: ...
 
@@ -97,12 +114,98 @@ class Dynamics:
             self.flow_drift = self.drift
 
 
-class Residual(nn.Module):
-    """Base class of every loss: named pointwise residual terms and their dynamics.
+class TrainingBatches(Protocol):
+    """The stream of training batches of a :class:`Trainable`: ``update(step)`` before each
+    step's draw, ``batches(n)`` a batch of size ``n``, and the random ``generator`` behind
+    them (checkpoints save and restore its state)."""
+
+    generator: torch.Generator
+
+    def update(self, step: int) -> None: ...
+
+    def __call__(self, n: int) -> Any: ...
+
+
+class Trainable(nn.Module):
+    """What :func:`pdesampler.train.train` trains: Adam on :meth:`training_loss` over
+    :meth:`training_batches`, then, where the loss is a least-squares residual, a second-order
+    fine-tuner on :meth:`finetune_batches`. Sampling and evaluation read :meth:`dynamics`.
+
+    Subclasses implement :meth:`dynamics`, :meth:`training_batches` and :meth:`training_loss`;
+    the defaults of the others fit a loss that is not a residual: every setting accepted,
+    nothing to validate, no tempering, no fine-tuner.
+
+    Attributes:
+        target: the unnormalized target density.
+        T: the time horizon.
+        compilable: whether ``compile`` may put :meth:`training_loss` through
+            ``torch.compile`` (:mod:`pdesampler.compiling`).
+    """
+
+    target: Target
+    T: float
+    compilable: bool = False
+
+    @property
+    def dim(self) -> int:
+        return self.target.dim
+
+    def dynamics(self) -> Dynamics:
+        """The SDE/ODE that transports the prior to the target with the learned functions."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dynamics")
+
+    def log_z_estimate(self) -> float | None:
+        r"""The learned estimate of :math:`\log Z` (for example :math:`\log z(T)` of Sun et al.
+        eq. (10)), or ``None`` when the parametrization carries none."""
+        return None
+
+    def check_training(
+        self, adam: AdamConfig, finetune: FinetuneConfig | None
+    ) -> FinetuneConfig | None:
+        """Refuse, with a ``ValueError`` that says why, the settings that do not apply to this
+        loss; returns the fine-tuner to run after Adam (``None``: none)."""
+        return finetune
+
+    def validate_training(self, finetune: FinetuneConfig | None) -> None:
+        """Run the loss once on a few points, so that a broken loss fails before training."""
+
+    def training_batches(
+        self,
+        collocation: str | CollocationSampler,
+        generator: torch.Generator,
+        options: Mapping | None = None,
+    ) -> TrainingBatches:
+        """The batches Adam trains on, drawn with ``generator``; ``collocation`` and
+        ``options`` choose a residual's collocation sampler."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_batches")
+
+    def training_loss(self, batch: Any, form: str = "squares") -> tuple[Tensor, dict[str, Tensor]]:
+        """What one Adam step minimizes on ``batch``, and named parts (detached) for logging;
+        ``form`` is ``optim.loss_form``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
+
+    def non_finite_cause(self, batch: Any) -> str:
+        """Why ``batch`` may have given a non-finite loss, as ``"; ..."`` ("" when unknown)."""
+        return ""
+
+    def set_target_power(self, power: float) -> None:
+        r"""Train on the tempered target :math:`\rho^{\beta}` with :math:`\beta` = ``power``
+        (``optim.temper_from``); 1 restores the target. A no-op where no tempering applies."""
+
+    def finetune_batches(
+        self, batches: TrainingBatches, n: int, cfg: FinetuneConfig
+    ) -> Callable[[int], tuple]:
+        """``step -> (residual_fn, point_jacobian_fn, search_fn, curvature_fn)`` for a
+        second-order fine-tuner (:func:`pdesampler.optim.run_finetuner`) on ``n`` points."""
+        raise ValueError(f"{type(self).__name__} is not a least-squares residual to fine-tune")
+
+
+class Residual(Trainable):
+    r"""Base class of every PDE residual loss: named pointwise residual terms and their dynamics.
 
     Args:
         target: the unnormalized target density.
-        weights: the weight :math:`\\alpha_k` of each term, by name.
+        weights: the weight :math:`\alpha_k` of each term, by name.
         T: the time horizon.
         estimator: the trace estimator for divergences and Laplacians (exact by default).
         chunk_size: points per vmap chunk (``None``: all at once). Chunks that keep the
@@ -117,6 +220,7 @@ class Residual(nn.Module):
 
     pointwise: bool = True
     default_collocation: str = "box"
+    compilable = True
 
     def __init__(
         self,
@@ -138,20 +242,12 @@ class Residual(nn.Module):
         self.estimator = estimator or Exact()
         self.chunk_size = chunk_size
 
-    @property
-    def dim(self) -> int:
-        return self.target.dim
-
     # ------------------------------------------------------------------ the extension point
     def point_residuals(self, x: Tensor, t: Tensor, probes: Tensor) -> dict[str, Tensor]:
         """The residual terms at one point: ``x`` of shape ``(d,)``, scalar ``t``, and the trace
         probes ``(k, d)`` to pass to the operators in :mod:`pdesampler.ops`. Returns one scalar
         per term named in ``weights``."""
         raise NotImplementedError(f"{type(self).__name__} must implement point_residuals")
-
-    def dynamics(self) -> Dynamics:
-        """The SDE/ODE that transports the prior to the target with the learned functions."""
-        raise NotImplementedError(f"{type(self).__name__} must implement dynamics")
 
     # ------------------------------------------------------------------ derived, shared
     def residuals(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
@@ -165,16 +261,16 @@ class Residual(nn.Module):
         return terms
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The stacked vector :math:`(\\sqrt{\\alpha_k/N}\\, r_k(x_i, t_i))`, term-major, of
+        r"""The stacked vector :math:`(\sqrt{\alpha_k/N}\, r_k(x_i, t_i))`, term-major, of
         length ``K * N``; its squared norm is the loss."""
         terms = self.residuals(x, t)
         n = x.shape[0]
         return torch.cat([math.sqrt(self.weights[k] / n) * terms[k] for k in self.weights])
 
     def loss(self, x: Tensor, t: Tensor, form: str = "squares") -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(r_k^2)` (``form="squares"``, the
+        r"""The loss :math:`\sum_k \alpha_k\, \mathrm{mean}(r_k^2)` (``form="squares"``, the
         squared norm of :meth:`forward`), or Máté & Fleuret's
-        :math:`\\sum_k \\alpha_k\\, \\mathrm{mean}(|r_k| + r_k^2)` (``"abs_and_squares"``, for
+        :math:`\sum_k \alpha_k\, \mathrm{mean}(|r_k| + r_k^2)` (``"abs_and_squares"``, for
         first-order training only), and the unweighted mean square of each term (detached), for
         logging."""
         check("loss form", form, LOSS_FORM)
@@ -186,11 +282,77 @@ class Residual(nn.Module):
             total = sum(self.weights[k] * parts[k] for k in self.weights)
         return total, {k: v.detach() for k, v in parts.items()}
 
-    def log_z_estimate(self) -> float | None:
-        r"""The learned estimate of :math:`\log Z` (for example :math:`\log z(T)` of Sun et al.
-        eq. (10)),
-        or ``None`` when the parametrization carries none."""
-        return None
+    # ------------------------------------------------------------------ training (Trainable)
+    def check_training(
+        self, adam: AdamConfig, finetune: FinetuneConfig | None
+    ) -> FinetuneConfig | None:
+        """Tempering (``optim.temper_from``) needs a log-density path that reads the target."""
+        if adam.temper_from is not None:
+            self._tempered_density()
+        return finetune
+
+    def validate_training(self, finetune: FinetuneConfig | None) -> None:
+        """:func:`pdesampler.losses.validate_residual`, with the fine-tuner's Jacobian
+        products when one follows: a residual torch.func cannot transform, a wrong term shape
+        or broken dynamics fail at once with a clear message."""
+        from pdesampler.losses.validate import validate_residual  # it imports this module
+
+        finetuning = finetune is not None and finetune.steps != 0
+        product = getattr(finetune, "jacobian_product", "double_vjp") if finetuning else None
+        validate_residual(self, gauss_newton=product)
+
+    def training_batches(
+        self,
+        collocation: str | CollocationSampler,
+        generator: torch.Generator,
+        options: Mapping | None = None,
+    ) -> CollocationSampler:
+        """Collocation batches ``(x, t)``: ``collocation`` itself when it is a sampler, or the
+        kind for :func:`pdesampler.collocation.make_collocation` (``"default"``:
+        :attr:`default_collocation`) with keyword arguments ``options``."""
+        from pdesampler.collocation import CollocationSampler, make_collocation  # imports this
+
+        sampler = collocation
+        if not isinstance(collocation, CollocationSampler):
+            p = next(self.parameters())
+            kind, kw = collocation, dict(options or {})
+            sampler = make_collocation(kind, self, generator, dtype=p.dtype, device=p.device, **kw)
+        sampler.bind(self)
+        return sampler
+
+    def training_loss(self, batch: Any, form: str = "squares") -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`loss` on the collocation batch ``(x, t)`` (a residual of one's own may
+        override ``loss(x, t)`` without ``form``)."""
+        x, t = batch
+        return self.loss(x, t) if form == "squares" else self.loss(x, t, form=form)
+
+    def non_finite_cause(self, batch: Any) -> str:
+        """NaN/Inf collocation points, or a target log-density that is not finite there."""
+        from pdesampler.losses.validate import non_finite_log_prob  # it imports this module
+
+        x = batch[0]
+        bad_rows = int((~torch.isfinite(x).all(1)).sum())
+        if bad_rows:
+            return f"; the collocation batch has {bad_rows} of {len(x)} NaN/Inf points"
+        problem = non_finite_log_prob(self.target, x.detach(), "of the last collocation batch")
+        return f"; the target is the cause: {problem}" if problem else ""
+
+    def set_target_power(self, power: float) -> None:
+        self._tempered_density().target_power.fill_(power)
+
+    def finetune_batches(
+        self, batches: TrainingBatches, n: int, cfg: FinetuneConfig
+    ) -> Callable[[int], tuple]:
+        return finetune_batches(self, batches, n, cfg)
+
+    def _tempered_density(self) -> LogDensityPath:
+        density = getattr(self, "density", None)
+        if not isinstance(density, LogDensityPath):
+            raise ValueError(
+                f"optim.temper_from needs a residual whose log-density path reads the target "
+                f"(a LogDensityPath at .density); {type(self).__name__} has none"
+            )
+        return density
 
     # ------------------------------------------------------------------ validation
     def _check_batch(self, x: Tensor, t: Tensor) -> None:

@@ -41,7 +41,7 @@ __all__ = ["gradflow", "learned", "linear"]
 #: starts at s = 0, i.e. 1 - t).
 WEIGHT_RATE_INIT = -4.0
 
-#: ``follow_modes="auto"`` follows the modes when :math:`-\\log\\rho` grows at most about
+#: ``follow_modes="auto"`` follows the modes when :math:`-\log\rho` grows at most about
 #: quadratically (:func:`pdesampler.targets.tail_exponent` up to this; many-wells: 4).
 FOLLOW_MODES_MAX_TAIL = 3.0
 
@@ -50,18 +50,21 @@ def _interpolation(
     target: Target,
     *,
     learn_psi: bool,
-    net: NetSpec | None,
-    time_spec: NetSpec | None,
-    prior_std: float,
-    log_z_init: float | str,
+    net: NetSpec | None = None,
+    time_net: NetSpec | None = None,
+    prior_std: float = 1.0,
+    log_z_init: float | str = "prior",
     **kw,
 ) -> TransportResidual:
-    r"""The Boltzmann curve between the prior and the target; :math:`C_t` starts at the constant
+    r"""The Boltzmann curve between the prior :math:`\mathcal N(0, s_0^2 I)` (``prior_std``)
+    and the target, with the networks ``net`` (:math:`v_t`, and :math:`\psi` when
+    ``learn_psi``) and ``time_net`` (:math:`C_t`). :math:`C_t` starts at the constant
     ``log_z_init`` (a number or ``"prior"``: :func:`resolve_log_z_init`), whose integral over
-    ``[0, 1]`` is then the starting estimate of :math:`\log Z`."""
+    ``[0, 1]`` is then the starting estimate of :math:`\log Z`. Collocation follows the
+    current ODE trajectories."""
     prior = make_prior(target.dim, prior_std)
     correction = make_space_net(target.dim, 1, net, 1.0) if learn_psi else None
-    rate = make_time_net(time_spec, 1.0, init=resolve_log_z_init(log_z_init, target, prior))
+    rate = make_time_net(time_net, 1.0, init=resolve_log_z_init(log_z_init, target, prior))
     density = LogDensityPath(target, prior, BridgeCoefficients(1.0), correction, log_z_rate=rate)
     drift = FreeDrift(make_space_net(target.dim, target.dim, net, 1.0))
     return TransportResidual(
@@ -69,47 +72,18 @@ def _interpolation(
     )
 
 
-def linear(
-    target: Target,
-    net: NetSpec | None = None,
-    time_net: NetSpec | None = None,
-    prior_std: float = 1.0,
-    log_z_init: float | str = "prior",
-    **kw,
-) -> TransportResidual:
+def linear(target: Target, **kw) -> TransportResidual:
     """Linear interpolation (Chemseddine et al. eq. (20)): :math:`f_t = (1 - t) f_Z + t f_D`;
-    learn :math:`v_t` and :math:`C_t`. Collocation follows the current ODE trajectories."""
-    return _interpolation(
-        target,
-        learn_psi=False,
-        net=net,
-        time_spec=time_net,
-        prior_std=prior_std,
-        log_z_init=log_z_init,
-        **kw,
-    )
+    learn :math:`v_t` and :math:`C_t`. Keyword arguments: ``net``, ``time_net``, ``prior_std``,
+    ``log_z_init`` (default ``"prior"``) and those of :class:`TransportResidual`."""
+    return _interpolation(target, learn_psi=False, **kw)
 
 
-def learned(
-    target: Target,
-    net: NetSpec | None = None,
-    time_net: NetSpec | None = None,
-    prior_std: float = 1.0,
-    log_z_init: float | str = "prior",
-    **kw,
-) -> TransportResidual:
+def learned(target: Target, **kw) -> TransportResidual:
     r"""Learned interpolation (Máté & Fleuret; Chemseddine et al. eq. (23)):
     :math:`f_t = (1 - t) f_Z + t f_D + t(1 - t)\psi_t`; learn :math:`\psi`, :math:`v_t` and
-    :math:`C_t`."""
-    return _interpolation(
-        target,
-        learn_psi=True,
-        net=net,
-        time_spec=time_net,
-        prior_std=prior_std,
-        log_z_init=log_z_init,
-        **kw,
-    )
+    :math:`C_t`. Keyword arguments as :func:`linear`."""
+    return _interpolation(target, learn_psi=True, **kw)
 
 
 def gradflow(
@@ -150,7 +124,33 @@ def gradflow(
     then blow up in finite time (94.7% of 10 000 on MW 5/5/4); with :math:`w > 0` the term only
     pulls strays back: stiff, but stable.
 
-    ``follow_modes`` reads the target term where the OU path has carried it,
+    ``follow_modes`` reads the target term where the OU path carries it (:func:`_follows_modes`).
+    """
+    beta = LinearBeta(beta_min, beta_max, 1.0)
+    follow = _follows_modes(target, follow_modes)
+    schedule = None
+    if learn_schedule:
+        start = WEIGHT_RATE_INIT if positive_weight and not follow else 0.0
+        schedule = make_time_net(time_net, 1.0, init=start)
+    density = LogDensityPath(
+        target,
+        make_prior(target.dim, 1.0),
+        GradientFlowCoefficients(schedule, positive_weight, beta if follow else None),
+        make_space_net(target.dim, 1, net, 1.0),
+        log_z_rate=make_time_net(time_net, 1.0) if learn_rate else None,
+        rho_scale=beta.signal_scale if follow else None,
+    )
+    drift = ScoreDrift(density, beta, reverse=False)
+    return TransportResidual(
+        target, density, drift, density.prior, T=1.0, t_span=(1.0, 0.0),
+        default_collocation="ou", ode_method="dopri5", **kw,
+    )  # fmt: skip
+
+
+def _follows_modes(target: Target, follow_modes: bool | str) -> bool:
+    r"""Whether the gradient flow follows the target's modes (``follow_modes``, or ``"auto"``).
+
+    Following the modes reads the target term where the OU path has carried it,
     :math:`g_t = t\,\psi + a_t^2\,w(t)\log\rho(x / a_t)` with :math:`a_t = e^{-B(t)/2}`
     (:math:`w` starts at 1, :math:`u = 0`): exact with :math:`\psi = 0` and :math:`w = 1` for a
     target :math:`\mathcal N(\mu, I)`, and close to exact near well-separated Gaussian modes,
@@ -162,32 +162,7 @@ def gradflow(
     most :data:`FOLLOW_MODES_MAX_TAIL` (Gaussian mixtures), not on the many-wells (:math:`x^4`).
     """
     if follow_modes == "auto":
-        follow_modes = tail_exponent(target) <= FOLLOW_MODES_MAX_TAIL
-    elif not isinstance(follow_modes, bool):
+        return tail_exponent(target) <= FOLLOW_MODES_MAX_TAIL
+    if not isinstance(follow_modes, bool):
         raise ValueError(f"follow_modes must be true, false or 'auto', got {follow_modes!r}")
-    prior = make_prior(target.dim, 1.0)
-    beta = LinearBeta(beta_min, beta_max, 1.0)
-    schedule = None
-    if learn_schedule:
-        start = WEIGHT_RATE_INIT if positive_weight and not follow_modes else 0.0
-        schedule = make_time_net(time_net, 1.0, init=start)
-    density = LogDensityPath(
-        target,
-        prior,
-        GradientFlowCoefficients(schedule, positive_weight, beta if follow_modes else None),
-        make_space_net(target.dim, 1, net, 1.0),
-        log_z_rate=make_time_net(time_net, 1.0) if learn_rate else None,
-        rho_scale=beta.signal_scale if follow_modes else None,
-    )
-    drift = ScoreDrift(density, beta, reverse=False)
-    return TransportResidual(
-        target,
-        density,
-        drift,
-        prior,
-        T=1.0,
-        t_span=(1.0, 0.0),
-        default_collocation="ou",
-        ode_method="dopri5",
-        **kw,
-    )
+    return follow_modes

@@ -32,20 +32,28 @@ limit is the on-policy BSDE residual of Sun et al. eq. (62) (their Prop. 3.1 and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from pdesampler.losses.base import Dynamics
+from pdesampler.losses.base import Dynamics, Trainable
 from pdesampler.losses.parts import LinearBeta, vp_reverse_diffusion
 from pdesampler.losses.transport import NetSpec, make_prior, make_space_net
 from pdesampler.ops import TraceEstimator
 from pdesampler.targets import Target
 
+if TYPE_CHECKING:
+    from pdesampler.collocation import CollocationSampler
+    from pdesampler.optim import FinetuneConfig
+    from pdesampler.optim.adam import AdamConfig
+
 __all__ = [
     "DIVERGENCES",
     "BrownianReference",
     "Dirac",
+    "PathBatches",
     "TrajectoryLoss",
     "VPReference",
     "dis",
@@ -62,7 +70,7 @@ DIVERGENCES = ("kl", "lv")
 
 
 def gaussian_log_kernel(residual: Tensor, var: Tensor | float) -> Tensor:
-    """:math:`\\log \\mathcal N(r; 0, v I)` of the rows of ``residual`` ``(N, d)`` -> ``(N,)``."""
+    r""":math:`\log \mathcal N(r; 0, v I)` of the rows of ``residual`` ``(N, d)`` -> ``(N,)``."""
     var = torch.as_tensor(var, dtype=residual.dtype, device=residual.device)
     d = residual.shape[-1]
     return -0.5 * residual.square().sum(-1) / var - 0.5 * d * torch.log(2 * math.pi * var)
@@ -86,10 +94,10 @@ class Dirac(Target):
 
 
 class BrownianReference(nn.Module):
-    """PIS reference: :math:`dX = \\bar\\sigma\\,dW`, :math:`X_0 = 0`, whose marginal at time
-    :math:`t` is :math:`\\mathcal N(0, \\bar\\sigma^2 t I)`. Its backward kernels are the
-    Brownian bridge to 0: :math:`b_k(x_k | x_{k+1}) = \\mathcal N\\big(\\tfrac{t_k}{t_{k+1}}
-    x_{k+1}, \\bar\\sigma^2 \\Delta t \\tfrac{t_k}{t_{k+1}}\\big)`, and at :math:`t_k = 0` the
+    r"""PIS reference: :math:`dX = \bar\sigma\,dW`, :math:`X_0 = 0`, whose marginal at time
+    :math:`t` is :math:`\mathcal N(0, \bar\sigma^2 t I)`. Its backward kernels are the
+    Brownian bridge to 0: :math:`b_k(x_k | x_{k+1}) = \mathcal N\big(\tfrac{t_k}{t_{k+1}}
+    x_{k+1}, \bar\sigma^2 \Delta t \tfrac{t_k}{t_{k+1}}\big)`, and at :math:`t_k = 0` the
     point mass (log-density 0). Their product is :math:`p^{ref}(path) / p^{ref}_T(x_K)`."""
 
     def __init__(self, dim: int, sigma: float = math.sqrt(0.2), T: float = 5.0) -> None:
@@ -113,20 +121,20 @@ class BrownianReference(nn.Module):
 
 
 class VPReference(nn.Module):
-    """DIS reference: the VP-SDE :math:`dY = -\\tfrac{\\beta(s)}2 Y\\,ds + \\sqrt{\\beta(s)}\\,dW`
-    started at the target, with :math:`\\beta(s) = \\beta_{min} + (s/T)(\\beta_{max} -
-    \\beta_{min})`, run in generative time :math:`t = T - s`. The generative base drift is
-    :math:`-f = \\tfrac{\\beta(T - t)}2 x`, :math:`\\sigma(t) = \\sqrt{\\beta(T - t)}`, and the
+    r"""DIS reference: the VP-SDE :math:`dY = -\tfrac{\beta(s)}2 Y\,ds + \sqrt{\beta(s)}\,dW`
+    started at the target, with :math:`\beta(s) = \beta_{min} + (s/T)(\beta_{max} -
+    \beta_{min})`, run in generative time :math:`t = T - s`. The generative base drift is
+    :math:`-f = \tfrac{\beta(T - t)}2 x`, :math:`\sigma(t) = \sqrt{\beta(T - t)}`, and the
     backward kernel is one Euler-Maruyama step of :math:`Y`:
-    :math:`b_k(x_k | x_{k+1}) = \\mathcal N\\big(x_{k+1} - \\tfrac{\\beta_k}2 x_{k+1}\\Delta t,
-    \\beta_k\\Delta t\\big)`, with :math:`\\beta_k = \\beta(T - t_k)`, the same rate as the
-    forward kernel's :math:`\\sigma(t_k)^2`: where :math:`\\beta` is small, rates taken at the
+    :math:`b_k(x_k | x_{k+1}) = \mathcal N\big(x_{k+1} - \tfrac{\beta_k}2 x_{k+1}\Delta t,
+    \beta_k\Delta t\big)`, with :math:`\beta_k = \beta(T - t_k)`, the same rate as the
+    forward kernel's :math:`\sigma(t_k)^2`: where :math:`\beta` is small, rates taken at the
     two ends of the step would differ by a large relative amount and dominate the weight
     variance (measured on a Gaussian at the optimum, 200 steps: log-variance 0.75 against 0.017).
 
     Args:
-        prior: the start :math:`X_0` (default :math:`\\mathcal N(0, s_0^2 I)`, which
-            :math:`p_Y(\\cdot, T)` approaches).
+        prior: the start :math:`X_0` (default :math:`\mathcal N(0, s_0^2 I)`, which
+            :math:`p_Y(\cdot, T)` approaches).
     """
 
     def __init__(
@@ -162,13 +170,29 @@ Reference = BrownianReference | VPReference
 def path_log_ratio(
     reference: Reference, x: Tensor, x_next: Tensor, em_residual: Tensor, t: Tensor, t_next: Tensor
 ) -> Tensor:
-    """:math:`\\log b_k(x_k | x_{k+1}) - \\log f_k(x_{k+1} | x_k)` for one Euler-Maruyama step,
-    given its residual :math:`x_{k+1} - x_k - \\mu_k \\Delta t` (the scaled noise)."""
+    r""":math:`\log b_k(x_k | x_{k+1}) - \log f_k(x_{k+1} | x_k)` for one Euler-Maruyama step,
+    given its residual :math:`x_{k+1} - x_k - \mu_k \Delta t` (the scaled noise)."""
     var = reference.diffusion(t) ** 2 * (t_next - t)
     return reference.log_backward(x, x_next, t, t_next) - gaussian_log_kernel(em_residual, var)
 
 
-class TrajectoryLoss(nn.Module):
+class PathBatches:
+    """The training batches of a :class:`TrajectoryLoss`: a batch is ``(n, generator)``, the
+    number of paths and the stream of their Brownian increments, which
+    :meth:`TrajectoryLoss.path_loss` simulates so that the KL loss's gradients flow through the
+    paths."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def update(self, step: int) -> None:
+        """Nothing to update: every batch is fresh paths."""
+
+    def __call__(self, n: int) -> tuple[int, torch.Generator]:
+        return n, self.generator
+
+
+class TrajectoryLoss(Trainable):
     """A control :math:`u` trained on simulated paths (see the module docstring).
 
     Args:
@@ -200,12 +224,38 @@ class TrajectoryLoss(nn.Module):
         self.max_control = max_control
         self.T = reference.T
 
-    @property
-    def dim(self) -> int:
-        return self.target.dim
+    def check_training(self, adam: AdamConfig, finetune: FinetuneConfig | None) -> None:
+        """The path loss is the objective itself: ``optim.loss_form`` and ``optim.temper_from``
+        do not apply, nor does a fine-tuner (no least-squares residual); none runs."""
+        if adam.loss_form != "squares" or adam.temper_from is not None:
+            raise ValueError(
+                f"optim.loss_form and optim.temper_from apply to PDE residuals; the trajectory "
+                f"baseline {type(self).__name__} trains on its own path loss"
+            )
+        if finetune is not None and finetune.steps != 0:
+            raise ValueError(
+                f"Gauss-Newton does not apply to the trajectory baseline {type(self).__name__} "
+                f"({self.divergence}): its loss is an expectation over simulated paths, not a "
+                "least-squares residual; use optim=adam"
+            )
+
+    def training_batches(
+        self,
+        collocation: str | CollocationSampler,
+        generator: torch.Generator,
+        options: Mapping | None = None,
+    ) -> PathBatches:
+        """Fresh paths every step, drawn with ``generator`` (no collocation points)."""
+        return PathBatches(generator)
+
+    def training_loss(
+        self, batch: tuple[int, torch.Generator], form: str = "squares"
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`path_loss` on ``batch = (n, generator)``."""
+        return self.path_loss(*batch)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\mu(x, t) = b(x, t) + \\sigma(t) u(x, t)` at one point, or on a batch
+        r""":math:`\mu(x, t) = b(x, t) + \sigma(t) u(x, t)` at one point, or on a batch
         ``(N, d)`` at one scalar time."""
         u = self.control(x, t)
         if self.max_control is not None:
@@ -261,11 +311,26 @@ class TrajectoryLoss(nn.Module):
         return loss, {self.divergence: loss.detach(), "log_w": log_w.mean().detach()}
 
     def log_z_estimate(self) -> float | None:
-        """None: the methods carry no learned :math:`\\log Z` (evaluation estimates it)."""
+        r"""None: the methods carry no learned :math:`\log Z` (evaluation estimates it)."""
         return None
 
 
 # ---------------------------------------------------------------------------- builders
+def _baseline(
+    target: Target,
+    reference: Reference,
+    net: NetSpec | None,
+    divergence: str,
+    steps: int,
+    max_control: float | None,
+) -> TrajectoryLoss:
+    """A :class:`TrajectoryLoss` whose control is an :class:`MLP` of ``(x, t)`` (spec ``net``)
+    on the reference's horizon."""
+    control = make_space_net(target.dim, target.dim, net, reference.T)
+    kw = {"divergence": divergence, "steps": steps, "max_control": max_control}
+    return TrajectoryLoss(target, reference, control, **kw)
+
+
 def pis(
     target: Target,
     net: NetSpec | None = None,
@@ -277,21 +342,13 @@ def pis(
     chunk_size: int | None = None,
     estimator: TraceEstimator | None = None,
 ) -> TrajectoryLoss:
-    """The Path Integral Sampler (Zhang & Chen 2022): Brownian reference from 0. Defaults are
-    sde_sampler's (``sde=bm_pis``: :math:`\\bar\\sigma^2 = 0.2`, :math:`T = 5`; 200 steps; the
+    r"""The Path Integral Sampler (Zhang & Chen 2022): Brownian reference from 0. Defaults are
+    sde_sampler's (``sde=bm_pis``: :math:`\bar\sigma^2 = 0.2`, :math:`T = 5`; 200 steps; the
     control clipped at 10). ``chunk_size`` and ``estimator`` are accepted for the builders'
     common signature (the runner passes them); paths call the network batched and take no
     traces."""
     reference = BrownianReference(target.dim, sigma, T)
-    control = make_space_net(target.dim, target.dim, net, T)
-    return TrajectoryLoss(
-        target,
-        reference,
-        control,
-        divergence=divergence,
-        steps=steps,
-        max_control=max_control,
-    )
+    return _baseline(target, reference, net, divergence, steps, max_control)
 
 
 def dis(
@@ -307,20 +364,12 @@ def dis(
     chunk_size: int | None = None,
     estimator: TraceEstimator | None = None,
 ) -> TrajectoryLoss:
-    """The time-reversed Diffusion Sampler (Berner, Richter, Ullrich 2022): VP reference,
-    prior :math:`\\mathcal N(0, s_0^2 I)`. Defaults are sde_sampler's (``sde=vp_10``:
-    :math:`\\beta` from 0.1 to 10, :math:`T = 1`; 200 steps; the control clipped at 10).
+    r"""The time-reversed Diffusion Sampler (Berner, Richter, Ullrich 2022): VP reference,
+    prior :math:`\mathcal N(0, s_0^2 I)`. Defaults are sde_sampler's (``sde=vp_10``:
+    :math:`\beta` from 0.1 to 10, :math:`T = 1`; 200 steps; the control clipped at 10).
     ``chunk_size`` and ``estimator`` are accepted as in :func:`pis`."""
     reference = VPReference(target.dim, beta_min, beta_max, T, prior_std)
-    control = make_space_net(target.dim, target.dim, net, T)
-    return TrajectoryLoss(
-        target,
-        reference,
-        control,
-        divergence=divergence,
-        steps=steps,
-        max_control=max_control,
-    )
+    return _baseline(target, reference, net, divergence, steps, max_control)
 
 
 def pis_kl(target: Target, **kw) -> TrajectoryLoss:

@@ -139,9 +139,9 @@ class TransportResidual(Residual):
         )
 
     def flow_jet(self, x: Tensor, t: Tensor, probes: Tensor) -> VectorJet:
-        """The probability-flow drift and its exact divergence from the parts' jets, ``probes``
-        being the standard basis: :math:`\\nabla\\cdot(\\mu - \\tfrac12\\sigma^2\\nabla V)
-        = \\nabla\\cdot\\mu - \\tfrac12\\sigma^2\\Delta V`. The sum over the basis is exact
+        r"""The probability-flow drift and its exact divergence from the parts' jets, ``probes``
+        being the standard basis: :math:`\nabla\cdot(\mu - \tfrac12\sigma^2\nabla V)
+        = \nabla\cdot\mu - \tfrac12\sigma^2\Delta V`. The sum over the basis is exact
         whatever estimator the residual trains with (a Hutchinson estimator's mean over probes
         would divide the trace by ``d``)."""
         sigma_sq = self.sigma_sq(t)
@@ -158,7 +158,7 @@ class TransportResidual(Residual):
 
 # ---------------------------------------------------------------------------- builders
 def make_prior(dim: int, prior_std: float = 1.0) -> Gaussian:
-    """:math:`p_{prior} = \\mathcal{N}(0, s_0^2 I)`."""
+    r""":math:`p_{prior} = \mathcal{N}(0, s_0^2 I)`."""
     check("prior_std", prior_std, POSITIVE)
     return Gaussian(mean=0.0, std=prior_std, dim=dim)
 
@@ -174,45 +174,34 @@ def make_time_net(spec: NetSpec | None, T: float, init: float = 0.0) -> TimeMLP:
     return TimeMLP(T=T, init=init, **dict(spec or {}))
 
 
-def _bridge(
+def _bridge_residual(
     target: Target,
     *,
     learn_phi: bool,
-    net: NetSpec | None,
-    time_spec: NetSpec | None,
-    prior_std: float,
-    T: float,
-    log_z_init: float | str = 0.0,
-) -> tuple[LogDensityPath, Target]:
-    r"""Sun et al. eq. (10): phi and a scalar :math:`\log z` when phi is learned;
-    :math:`\varphi = 0` and a network :math:`\log z(t)` for annealing (their App. A.1). The
-    scalar starts at ``log_z_init``: a number, or ``"prior"``: the importance-sampling estimate
-    from the prior (:func:`resolve_log_z_init`)."""
-    prior = make_prior(target.dim, prior_std)
-    correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
-    start = resolve_log_z_init(log_z_init, target, prior)
-    log_z = ScalarLogZ(start) if learn_phi else make_time_net(time_spec, T)
-    density = LogDensityPath(target, prior, BridgeCoefficients(T), correction, log_z=log_z, T=T)
-    return density, prior
-
-
-def _free_drift_residual(
-    target: Target,
-    *,
-    learn_phi: bool,
+    potential: bool = False,
     sigma: float | None,
     net: NetSpec | None,
-    time_spec: NetSpec | None,
+    time_net: NetSpec | None = None,
     prior_std: float,
     T: float,
     log_z_init: float | str = 0.0,
     **kw,
 ) -> TransportResidual:
-    density, prior = _bridge(
-        target, learn_phi=learn_phi, net=net, time_spec=time_spec, prior_std=prior_std, T=T,
-        log_z_init=log_z_init,
-    )  # fmt: skip
-    drift = FreeDrift(make_space_net(target.dim, target.dim, net, T))
+    r"""A :class:`TransportResidual` on the log-density path of Sun et al. eq. (10): with a
+    learned :math:`\varphi`, a scalar :math:`\log z` that starts at ``log_z_init`` (a number,
+    or ``"prior"``: :func:`resolve_log_z_init`); without (annealing, their App. A.1),
+    :math:`\varphi = 0` and a network :math:`\log z(t)`. The drift is a free network, or
+    with ``potential`` the gradient :math:`\nabla\Phi` of one; the diffusion is
+    :math:`\sigma` (``None``: an ODE and the logCE residual)."""
+    prior = make_prior(target.dim, prior_std)
+    correction = make_space_net(target.dim, 1, net, T) if learn_phi else None
+    start = resolve_log_z_init(log_z_init, target, prior)
+    log_z = ScalarLogZ(start) if learn_phi else make_time_net(time_net, T)
+    density = LogDensityPath(target, prior, BridgeCoefficients(T), correction, log_z=log_z, T=T)
+    if potential:
+        drift: Drift = GradientDrift(make_space_net(target.dim, 1, net, T))
+    else:
+        drift = FreeDrift(make_space_net(target.dim, target.dim, net, T))
     diffusion = constant_diffusion(sigma) if sigma else None
     return TransportResidual(target, density, drift, prior, diffusion=diffusion, T=T, **kw)
 
@@ -221,24 +210,22 @@ def logce(
     target: Target, net: NetSpec | None = None, prior_std: float = 1.0, T: float = 1.0, **kw
 ) -> TransportResidual:
     r"""logCE ("ODE"): learn :math:`\mu`, :math:`\varphi`, :math:`z` with the logCE residual
-    (Sun et al. eq. (8))."""
-    return _free_drift_residual(
-        target, learn_phi=True, sigma=None, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
-    )
+    (Sun et al. eq. (8)): :func:`logfp` without diffusion."""
+    return logfp(target, net, sigma=None, prior_std=prior_std, T=T, **kw)
 
 
 def logfp(
     target: Target,
     net: NetSpec | None = None,
-    sigma: float = math.sqrt(2),
+    sigma: float | None = math.sqrt(2),
     prior_std: float = 1.0,
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
     r"""logFP ("SDE"): learn :math:`\mu`, :math:`\varphi`, :math:`z` with the logFP residual
     (Sun et al. eq. (7))."""
-    return _free_drift_residual(
-        target, learn_phi=True, sigma=sigma, net=net, time_spec=None, prior_std=prior_std, T=T, **kw
+    return _bridge_residual(
+        target, learn_phi=True, sigma=sigma, net=net, prior_std=prior_std, T=T, **kw
     )
 
 
@@ -251,62 +238,25 @@ def logce_anneal(
     **kw,
 ) -> TransportResidual:
     r"""logCE-anneal (Sun et al. eq. (14)): :math:`\varphi = 0` (geometric path), learn
-    :math:`\mu` and :math:`z(t)`."""
-    return _free_drift_residual(
-        target,
-        learn_phi=False,
-        sigma=None,
-        net=net,
-        time_spec=time_net,
-        prior_std=prior_std,
-        T=T,
-        **kw,
-    )
+    :math:`\mu` and :math:`z(t)`: :func:`logfp_anneal` without diffusion."""
+    return logfp_anneal(target, net, time_net, sigma=None, prior_std=prior_std, T=T, **kw)
 
 
 def logfp_anneal(
     target: Target,
     net: NetSpec | None = None,
     time_net: NetSpec | None = None,
-    sigma: float = math.sqrt(2),
+    sigma: float | None = math.sqrt(2),
     prior_std: float = 1.0,
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
     r"""logFP-anneal (Sun et al. eq. (14)): the geometric path with diffusion; learn
     :math:`\mu` and :math:`z(t)`."""
-    return _free_drift_residual(
-        target,
-        learn_phi=False,
-        sigma=sigma,
-        net=net,
-        time_spec=time_net,
-        prior_std=prior_std,
-        T=T,
-        **kw,
-    )
-
-
-def _potential_residual(
-    target: Target,
-    *,
-    sigma: float | None,
-    alpha: float,
-    net: NetSpec | None,
-    prior_std: float,
-    T: float,
-    log_z_init: float | str = 0.0,
-    **kw,
-) -> TransportResidual:
-    density, prior = _bridge(
-        target, learn_phi=True, net=net, time_spec=None, prior_std=prior_std, T=T,
-        log_z_init=log_z_init,
+    return _bridge_residual(
+        target, learn_phi=False, sigma=sigma, net=net, time_net=time_net, prior_std=prior_std,
+        T=T, **kw,
     )  # fmt: skip
-    drift = GradientDrift(make_space_net(target.dim, 1, net, T))
-    diffusion = constant_diffusion(sigma) if sigma else None
-    return TransportResidual(
-        target, density, drift, prior, diffusion=diffusion, hjb_weight=alpha, T=T, **kw
-    )
 
 
 def ot(
@@ -318,26 +268,26 @@ def ot(
     **kw,
 ) -> TransportResidual:
     r"""OT (Sun et al. eq. (23)):
-    :math:`\mathcal{L}_{\log CE}(\nabla\Phi, V) + \alpha\,\mathbb{E}[\mathcal{R}^{OT}_{HJB}(\Phi)^2]`."""
-    return _potential_residual(
-        target, sigma=None, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
-    )
+    :math:`\mathcal{L}_{\log CE}(\nabla\Phi, V) + \alpha\,\mathbb{E}[\mathcal{R}^{OT}_{HJB}(\Phi)^2]`:
+    :func:`sb` without diffusion."""
+    return sb(target, net, alpha, sigma=None, prior_std=prior_std, T=T, **kw)
 
 
 def sb(
     target: Target,
     net: NetSpec | None = None,
     alpha: float = 1.0,
-    sigma: float = math.sqrt(2),
+    sigma: float | None = math.sqrt(2),
     prior_std: float = 1.0,
     T: float = 1.0,
     **kw,
 ) -> TransportResidual:
     r"""SB (Sun et al. eq. (22)):
     :math:`\mathcal{L}_{\log FP}(\nabla\Phi, V) + \alpha\,\mathbb{E}[\mathcal{R}^{SB}_{HJB}(\Phi)^2]`."""
-    return _potential_residual(
-        target, sigma=sigma, alpha=alpha, net=net, prior_std=prior_std, T=T, **kw
-    )
+    return _bridge_residual(
+        target, learn_phi=True, potential=True, sigma=sigma, net=net, prior_std=prior_std, T=T,
+        hjb_weight=alpha, **kw,
+    )  # fmt: skip
 
 
 def score(

@@ -1,23 +1,9 @@
-r"""The parts every catalogue entry is composed of (docs/losses.md; the equations: docs/math.md).
-
-Three independent axes:
-
-1. **Log-density** :math:`V(x, t)` (:class:`LogDensityPath`): a time-dependent combination of
-   :math:`\log\rho`, :math:`\log p_{prior}` and a learned correction, minus a normalizer.
-2. **Drift** :math:`\mu(x, t)`: a free network (:class:`FreeDrift`), the gradient of a
-   potential (:class:`GradientDrift`, OT and SB), or fixed by :math:`V`
-   (:class:`ScoreDrift`, time reversal and gradient flow).
-3. **PDE**: the log-Fokker-Planck residual (:func:`log_fokker_planck`, logCE when
-   :math:`\sigma = 0`) and the optional HJB regularizer (:func:`hjb`).
-
-All parts act on one point ``x`` of shape ``(d,)`` and a scalar ``t``; the Residual vmaps them.
-"""
+r"""Log-density paths :math:`V(x, t)`: the first axis of a catalogue entry (docs/math.md, 3 and 5)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,27 +11,22 @@ from torch import Tensor, nn
 from torch.func import jvp
 
 from pdesampler import ops
+from pdesampler.losses.parts.schedules import LinearBeta
 from pdesampler.metrics import log_weights, log_z_importance
 from pdesampler.ops import Exact, ScalarJet, TraceEstimator
 from pdesampler.targets import Target
 
 __all__ = [
     "BridgeCoefficients",
-    "ConstantBeta",
-    "Diffusion",
-    "DriftJet",
-    "FreeDrift",
-    "GradientDrift",
+    "Coefficients",
     "GradientFlowCoefficients",
-    "LinearBeta",
     "LogDensityPath",
     "ReverseCoefficients",
     "ScalarLogZ",
-    "ScoreDrift",
-    "constant_diffusion",
-    "hjb",
-    "log_fokker_planck",
-    "vp_reverse_diffusion",
+    "has_fast_jet",
+    "network_jet",
+    "prior_log_z",
+    "resolve_log_z_init",
 ]
 
 
@@ -53,7 +34,7 @@ def _point_log_prob(density: Target, x: Tensor) -> Tensor:
     return density.log_prob(x[None])[0]
 
 
-def _fast(net: nn.Module, estimator: TraceEstimator) -> bool:
+def has_fast_jet(net: nn.Module, estimator: TraceEstimator) -> bool:
     """Whether ``net`` has an exact forward Taylor-mode jet to use instead of nested autodiff."""
     return isinstance(estimator, Exact) and getattr(net, "has_jet", False)
 
@@ -64,48 +45,14 @@ def network_jet(
     """The :class:`ScalarJet` of a scalar network of ``(x, t)``: its forward Taylor-mode jet
     (:meth:`pdesampler.nets.MLP.jet`) when it has one and traces are exact, otherwise
     :func:`ops.scalar_jet` (forward-over-reverse). Both are exact; the first is faster."""
-    if _fast(net, estimator):
+    if has_fast_jet(net, estimator):
         value, dt, jac, lap = net.jet(x, t, laplacian=laplacian)
         return ScalarJet(value[0], dt[0], jac[0], None if lap is None else lap[0])
     return ops.scalar_jet(net, estimator, laplacian=laplacian)(x, t, probes)
 
 
-def _unit_time(t: Tensor, T: float) -> Tensor:
-    return t / T
-
-
-# ---------------------------------------------------------------------------- noise schedules
-class ConstantBeta(nn.Module):
-    """:math:`\\beta(t) = \\bar\\sigma^2`, constant."""
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = float(sigma)
-
-    def forward(self, t: Tensor) -> Tensor:
-        return torch.full_like(t, self.sigma**2)
-
-
-class LinearBeta(nn.Module):
-    """:math:`\\beta(t) = \\beta_{min} + (t/T)(\\beta_{max} - \\beta_{min})` (Song et al. VP-SDE)."""
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
-        super().__init__()
-        self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)
-
-    def forward(self, t: Tensor) -> Tensor:
-        return self.beta_min + _unit_time(t, self.T) * (self.beta_max - self.beta_min)
-
-    def signal_scale(self, t: Tensor) -> Tensor:
-        r""":math:`a_t = e^{-B(t)/2}` with :math:`B(t) = \int_0^t\beta = t(\beta(0) + \beta(t))/2`:
-        the VP-SDE started at ``X_0`` has :math:`X_t = a_t X_0 + \sqrt{1 - a_t^2}\,N`
-        (Chemseddine et al. eq. (32))."""
-        return torch.exp(-0.25 * t * (self.forward(torch.zeros_like(t)) + self.forward(t)))
-
-
-# ---------------------------------------------------------------------------- log-density paths
 class Coefficients(nn.Module):
-    """The weights ``(a, b, c)`` of :math:`V = a\\log\\rho + b\\log p_{prior} + c\\,\\varphi - a\\log z`."""
+    r"""The weights ``(a, b, c)`` of :math:`V = a\log\rho + b\log p_{prior} + c\,\varphi - a\log z`."""
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -121,7 +68,7 @@ class BridgeCoefficients(Coefficients):
         self.T = float(T)
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s = _unit_time(t, self.T)
+        s = t / self.T
         return s, 1 - s, s * (1 - s)
 
 
@@ -136,7 +83,7 @@ class ReverseCoefficients(Coefficients):
         self.T = float(T)
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s = _unit_time(t, self.T)
+        s = t / self.T
         return s, 1 - s, 1 - s
 
 
@@ -255,7 +202,7 @@ class LogDensityPath(nn.Module):
         self.register_buffer("target_power", torch.tensor(1.0), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`V(x, t)` at one point, without the :math:`\\int C` term."""
+        r""":math:`V(x, t)` at one point, without the :math:`\int C` term."""
         a, b, c = self.coefficients(t)
         log_rho = self.log_rho(x, t)
         if self.log_z is not None:
@@ -272,14 +219,14 @@ class LogDensityPath(nn.Module):
         return a, b, c, a_log_z
 
     def jet(self, x: Tensor, t: Tensor, probes: Tensor, estimator: TraceEstimator, laplacian: bool):
-        """:math:`(V, \\partial_t V, \\nabla V, \\Delta V)` at one point.
+        r""":math:`(V, \partial_t V, \nabla V, \Delta V)` at one point.
 
-        Assembled from the jets of :math:`\\log\\rho`, :math:`\\log p_{prior}` and
-        :math:`\\varphi` (:func:`network_jet`) and the time derivatives of the coefficients:
-        :math:`\\partial_t V = a'(\\log\\rho - \\log z) + a\\,\\partial_t\\log\\rho - a\\,(\\log z)'
-        + b'\\log p_{prior} + c'\\varphi + c\\,\\partial_t\\varphi - C_t` (:math:`\\partial_t\\log\\rho`
-        is not 0 only with ``rho_scale``), while :math:`\\nabla` and :math:`\\Delta`
-        are linear: :math:`\\Delta V = a\\Delta\\log\\rho + b\\Delta\\log p_{prior} + c\\Delta\\varphi`.
+        Assembled from the jets of :math:`\log\rho`, :math:`\log p_{prior}` and
+        :math:`\varphi` (:func:`network_jet`) and the time derivatives of the coefficients:
+        :math:`\partial_t V = a'(\log\rho - \log z) + a\,\partial_t\log\rho - a\,(\log z)'
+        + b'\log p_{prior} + c'\varphi + c\,\partial_t\varphi - C_t` (:math:`\partial_t\log\rho`
+        is not 0 only with ``rho_scale``), while :math:`\nabla` and :math:`\Delta`
+        are linear: :math:`\Delta V = a\Delta\log\rho + b\Delta\log p_{prior} + c\Delta\varphi`.
         """
         (a, b, c, alz), rates = jvp(self.time_terms, (t,), (torch.ones_like(t),))
         da, db, dc, dalz = (r.to(t.dtype) for r in rates)  # jvp of a 0-dim t may promote
@@ -300,7 +247,7 @@ class LogDensityPath(nn.Module):
         return ScalarJet(value, dt, grad, lap)
 
     def log_rho(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\beta \\log\\rho` at one point (``target_power`` :math:`\\beta`), read at
+        r""":math:`\beta \log\rho` at one point (``target_power`` :math:`\beta`), read at
         :math:`x / k(t)` with ``rho_scale``."""
         if self.rho_scale is not None:
             x = x / self.rho_scale(t)
@@ -310,12 +257,12 @@ class LogDensityPath(nn.Module):
         return _point_log_prob(self.prior, x)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\nabla_x V(x, t)` at one point."""
+        r""":math:`\nabla_x V(x, t)` at one point."""
         return ops.gradient(self.forward)(x, t)
 
     def log_z_estimate(self) -> float | None:
-        """:math:`\\log z(T)`, or :math:`\\int_0^T C_t\\,dt` (Gauss-Legendre) for a Boltzmann curve
-        whose :math:`V(\\cdot, 0)` is the normalized prior; ``None`` otherwise."""
+        r""":math:`\log z(T)`, or :math:`\int_0^T C_t\,dt` (Gauss-Legendre) for a Boltzmann curve
+        whose :math:`V(\cdot, 0)` is the normalized prior; ``None`` otherwise."""
         param = next(self.parameters(), None)
         kw = {
             "dtype": param.dtype if param is not None else torch.float32,
@@ -334,125 +281,3 @@ def _gauss_legendre(n: int, lo: float, hi: float, dtype: torch.dtype, device: to
     kw = {"dtype": dtype, "device": device}
     nodes = torch.as_tensor(0.5 * (hi - lo) * nodes + 0.5 * (hi + lo), **kw)
     return nodes, torch.as_tensor(0.5 * (hi - lo) * weights, **kw)
-
-
-# ---------------------------------------------------------------------------- drifts
-class DriftJet(NamedTuple):
-    """The drift at one point, its divergence, and the potential's jet when
-    :math:`\\mu = \\nabla\\Phi` (for the HJB term)."""
-
-    value: Tensor
-    div: Tensor
-    potential: ScalarJet | None = None
-
-
-class Drift(nn.Module):
-    """A drift :math:`\\mu(x, t)`. ``forward`` gives the value at one point (for sampling) and
-    ``jet`` the value with its divergence (for residuals), given the log-density's jet."""
-
-    needs_density_laplacian: bool = False
-
-    def jet(
-        self, x: Tensor, t: Tensor, probes: Tensor, estimator: TraceEstimator, density: ScalarJet
-    ) -> DriftJet:
-        raise NotImplementedError
-
-
-class FreeDrift(Drift):
-    """:math:`\\mu` is a network of ``(x, t)`` (logCE, logFP, annealing, Boltzmann curves)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
-
-    def jet(self, x, t, probes, estimator, density) -> DriftJet:
-        if _fast(self.net, estimator):
-            value, _, jac, _ = self.net.jet(x, t, laplacian=False, time=False)
-            return DriftJet(value, torch.diagonal(jac).sum())
-        value, div = ops.vector_jet(self.net, estimator)(x, t, probes)
-        return DriftJet(value, div)
-
-
-class GradientDrift(Drift):
-    r""":math:`\mu = \nabla\Phi` for a potential network :math:`\Phi(x, t)` (OT, SB: Sun et al.
-    eqs. (19)-(23)); :math:`\nabla\cdot\mu = \Delta\Phi`."""
-
-    def __init__(self, potential: nn.Module) -> None:
-        super().__init__()
-        self.potential = potential
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return ops.gradient(self.potential)(x, t)
-
-    def jet(self, x, t, probes, estimator, density) -> DriftJet:
-        phi = network_jet(self.potential, x, t, probes, estimator, laplacian=True)
-        return DriftJet(phi.grad, phi.lap, phi)
-
-
-class ScoreDrift(Drift):
-    r"""A drift fixed by the log-density, :math:`\mu = A(t)\nabla V + B(t)\,x`, with
-    :math:`\nabla\cdot\mu = A(t)\Delta V + d\,B(t)`.
-
-    * Time reversal of the VP-SDE (Sun et al. eq. (15)): :math:`\mu = \sigma^2\nabla V - f` with
-      :math:`f = -\tfrac{\beta}2 x`, :math:`\sigma^2 = \beta`: :math:`A = \beta(T - t)`,
-      :math:`B = \beta(T - t)/2` (``reverse=True``).
-    * Gradient flow (Chemseddine et al.): :math:`v = -\tfrac{\beta(t)}2(\nabla g + x)`:
-      :math:`A = B = -\beta(t)/2` (``reverse=False``).
-    """
-
-    needs_density_laplacian = True
-
-    def __init__(self, density: LogDensityPath, beta: nn.Module, reverse: bool, T: float = 1.0):
-        super().__init__()
-        self.density, self.beta, self.reverse, self.T = density, beta, reverse, float(T)
-
-    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        if self.reverse:
-            beta = self.beta(self.T - t)
-            return beta, beta / 2
-        beta = self.beta(t)
-        return -beta / 2, -beta / 2
-
-    def forward(self, x: Tensor, t: Tensor, score_shift: Tensor | float = 0.0) -> Tensor:
-        """:math:`(A(t) + \text{score\\_shift})\nabla V + B(t)\\,x`; the shift
-        :math:`-\\sigma^2/2` gives the probability-flow drift with one gradient of V."""
-        A, B = self.coefficients(t)
-        return (A + score_shift) * self.density.score(x, t) + B * x
-
-    def jet(self, x, t, probes, estimator, density) -> DriftJet:
-        A, B = self.coefficients(t)
-        return DriftJet(A * density.grad + B * x, A * density.lap + x.shape[-1] * B)
-
-
-# ---------------------------------------------------------------------------- PDE residuals
-def log_fokker_planck(V: ScalarJet, mu: DriftJet, sigma_sq: Tensor | float | None) -> Tensor:
-    r"""logFP (Sun et al. eq. (7)): :math:`\partial_t V + \nabla\cdot\mu + \nabla V\cdot\mu
-    - \tfrac12\sigma^2|\nabla V|^2 - \tfrac12\sigma^2\Delta V`; logCE (eq. (8)) when
-    ``sigma_sq`` is ``None`` (then :math:`\Delta V` is not needed)."""
-    r = V.dt + mu.div + (V.grad * mu.value).sum()
-    if sigma_sq is None:
-        return r
-    return r - 0.5 * sigma_sq * ((V.grad * V.grad).sum() + V.lap)
-
-
-def hjb(Phi: ScalarJet, sigma_sq: Tensor | float | None) -> Tensor:
-    r"""HJB for SB (Sun et al. eq. (20)): :math:`\partial_t\Phi + \tfrac12|\nabla\Phi|^2 +
-    \tfrac12\sigma^2\Delta\Phi`; for OT (eq. (21)) when ``sigma_sq`` is ``None``."""
-    r = Phi.dt + 0.5 * (Phi.grad * Phi.grad).sum()
-    return r if sigma_sq is None else r + 0.5 * sigma_sq * Phi.lap
-
-
-Diffusion = Callable[[Tensor], Tensor]
-
-
-def constant_diffusion(sigma: float) -> Diffusion:
-    """:math:`\\sigma(t) = \\bar\\sigma`."""
-    return lambda t: torch.full_like(t, float(sigma))
-
-
-def vp_reverse_diffusion(beta: nn.Module, T: float) -> Diffusion:
-    """The diffusion of the reversed VP-SDE: :math:`\\sigma(t) = \\sqrt{\\beta(T - t)}`."""
-    return lambda t: beta(T - t).sqrt()
