@@ -5,7 +5,7 @@ rule (:func:`step_limit`, also Adam's).
 A fine-tuner steps on the closures of one collocation batch (:class:`Batch`), each a function of
 the parameter dict in the working dtype: the residual, optionally its explicit per-point
 Jacobian, the residual on another batch for the line search and the residual on a subset for
-the curvature. :func:`run_finetuner_loop` draws them from ``make_batch_fns(step)``.
+the curvature. :meth:`FineTuner.run` draws them from ``make_batch_fns(step)``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ __all__ = [
     "FinetuneConfig",
     "StepHook",
     "StepInfo",
-    "run_finetuner_loop",
     "step_indices",
     "step_limit",
 ]
@@ -42,7 +41,7 @@ StepHook = Callable[[int, float, Mapping[str, Tensor]], None]
 
 
 class FinetuneConfig:
-    """What every fine-tuner's config declares (the trainer and :func:`run_finetuner_loop` read
+    """What every fine-tuner's config declares (the trainer and :meth:`FineTuner.run` read
     these and nothing else). A config that has no such setting inherits the value here.
 
     Attributes:
@@ -178,12 +177,42 @@ class FineTuner(ABC):
         info.seconds = time.perf_counter() - start
         self.history.append(info)
         self._bad_steps = 0 if self._finite else self._bad_steps + 1
-        if self._bad_steps >= self.config.nan_patience:
+        if not self._finite and self._bad_steps >= self.config.nan_patience:
             raise RuntimeError(
                 f"{self.NAME}: {self._bad_steps} consecutive non-finite steps ({info.reason}, "
                 f"last loss {info.loss_before}); parameters left at the last finite step"
             )
         return info
+
+    def run(
+        self,
+        module: nn.Module,
+        make_batch_fns: Callable[[int], tuple],
+        progress: bool = True,
+        on_step: StepHook | None = None,
+    ) -> list[StepInfo]:
+        """Step for ``config.steps`` steps or ``config.max_seconds``, on the closures of
+        ``make_batch_fns(step)`` (called every ``config.resample_every`` steps, the batch reused
+        in between); ``on_step(steps, elapsed, params)`` after each step. The parameters are
+        written back into ``module`` at the end, also when the run stops with an error. Returns
+        the history of :class:`StepInfo`."""
+        config = self.config
+        bar = tqdm(total=config.steps, disable=not progress, desc=self.NAME, leave=False)
+        fns: tuple = ()
+        start = time.perf_counter()
+        try:
+            for step in step_indices(config.steps, config.max_seconds, self.DEFAULT_STEPS):
+                if step % config.resample_every == 0:
+                    fns = make_batch_fns(step)
+                info = self.step(*fns)
+                if on_step is not None:
+                    on_step(step + 1, time.perf_counter() - start, self.params)
+                bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
+                bar.update()
+        finally:
+            bar.close()
+            self.copy_to(module)
+        return self.history
 
     @abstractmethod
     def _step(self, batch: Batch) -> StepInfo:
@@ -221,34 +250,3 @@ def step_indices(steps: int | None, max_seconds: float | None, default: int) -> 
         if max_seconds is not None and time.perf_counter() - start >= max_seconds:
             return
         yield step
-
-
-def run_finetuner_loop(
-    optimizer: FineTuner,
-    module: nn.Module,
-    make_batch_fns: Callable[[int], tuple],
-    progress: bool = True,
-    on_step: StepHook | None = None,
-) -> list[StepInfo]:
-    """Step ``optimizer`` for ``config.steps`` steps or ``config.max_seconds``, on the closures
-    of ``make_batch_fns(step)`` (called every ``config.resample_every`` steps, the batch reused
-    in between); ``on_step(steps, elapsed, params)`` after each step. The parameters are
-    written back into ``module`` at the end, also when the run stops with an error. Returns
-    the history of :class:`StepInfo`."""
-    config = optimizer.config
-    bar = tqdm(total=config.steps, disable=not progress, desc=optimizer.NAME, leave=False)
-    fns: tuple = ()
-    start = time.perf_counter()
-    try:
-        for step in step_indices(config.steps, config.max_seconds, optimizer.DEFAULT_STEPS):
-            if step % config.resample_every == 0:
-                fns = make_batch_fns(step)
-            info = optimizer.step(*fns)
-            if on_step is not None:
-                on_step(step + 1, time.perf_counter() - start, optimizer.params)
-            bar.set_postfix(loss=f"{info.loss_before:.4e}", eta=f"{info.step_size:.3g}")
-            bar.update()
-    finally:
-        bar.close()
-        optimizer.copy_to(module)
-    return optimizer.history

@@ -60,7 +60,6 @@ from pdesampler.optim.finetuner import (
     FineTuner,
     StepHook,
     StepInfo,
-    run_finetuner_loop,
     step_limit,
 )
 from pdesampler.optim.linalg import (
@@ -343,6 +342,4 @@ def run_gauss_newton(
     the run stops with an error. ``on_step`` (optional) sees the working parameters after each
     step. Returns the history of :class:`StepInfo`.
     """
-    return run_finetuner_loop(
-        GaussNewton(module, config), module, make_batch_fns, progress, on_step
-    )
+    return GaussNewton(module, config).run(module, make_batch_fns, progress, on_step)

@@ -37,14 +37,7 @@ from torch import Tensor, nn
 
 from pdesampler.checks import at_least, check_fields, one_of, within
 from pdesampler.linearization import Linearization, ResidualFn, linearize, unflatten
-from pdesampler.optim.finetuner import (
-    Batch,
-    FinetuneConfig,
-    FineTuner,
-    StepHook,
-    StepInfo,
-    run_finetuner_loop,
-)
+from pdesampler.optim.finetuner import Batch, FinetuneConfig, FineTuner, StepHook, StepInfo
 from pdesampler.optim.linalg import (
     DTYPES,
     GRAM_PRECISIONS,
@@ -235,4 +228,4 @@ def run_spring(
     sees the working parameters after each step. The parameters are written back into
     ``module`` at the end, also when the run stops with an error.
     """
-    return run_finetuner_loop(Spring(module, config), module, make_batch_fns, progress, on_step)
+    return Spring(module, config).run(module, make_batch_fns, progress, on_step)
