@@ -3,7 +3,8 @@
 A rule is a pair ``(what the value must be, predicate)``. :func:`check` applies one rule to one
 value; :func:`check_config` applies :data:`RUN_RULES` to a run's resolved config, so that
 ``batch_size=0``, ``sampler.steps=0`` or ``optim.max_seconds=-1`` fail where the config is read
-instead of deep inside torch.
+instead of deep inside torch; :func:`check_fields` applies a table of rules to the attributes
+of a settings dataclass (the optimizers' configs, in their ``__post_init__``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ __all__ = [
     "POSITIVE_OR_NONE",
     "RUN_RULES",
     "UNIT_POWER_OR_NONE",
+    "Rule",
+    "at_least",
     "check",
     "check_config",
+    "check_fields",
+    "one_of",
+    "within",
 ]
 
 Rule = tuple[str, Callable[[Any], bool]]
@@ -58,6 +64,32 @@ UNIT_POWER_OR_NONE: Rule = (
     "a number in (0, 1] or null",
     lambda v: v is None or (_number(v) and 0 < v <= 1),
 )
+
+
+def at_least(low: float, *, strict: bool = False) -> Rule:
+    """The rule "a number ``>= low``" (``> low`` when ``strict``)."""
+    if strict:
+        return (f"> {low:g}", lambda v: _number(v) and v > low)
+    return (f">= {low:g}", lambda v: _number(v) and v >= low)
+
+
+def within(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Rule:
+    """The rule "a number in ``[low, high]``", either end open (``(`` or ``)``) on request."""
+    text = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+    def ok(v: Any) -> bool:
+        above = v > low if open_low else v >= low
+        below = v < high if open_high else v <= high
+        return above and below
+
+    return (text, lambda v: _number(v) and ok(v))
+
+
+def one_of(choices: tuple) -> Rule:
+    """The rule "one of ``choices``" (compared with ``in``, so ``None`` may be one)."""
+    return (f"one of {choices}", lambda v: v in choices)
+
+
 #: The forms of the first-order loss (:meth:`pdesampler.losses.base.Residual.loss`).
 LOSS_FORMS = ("squares", "abs_and_squares")
 LOSS_FORM: Rule = (" or ".join(map(repr, LOSS_FORMS)), lambda v: v in LOSS_FORMS)
@@ -113,3 +145,9 @@ def check_config(cfg: DictConfig | Mapping, rules: Mapping[str, Rule] = RUN_RULE
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
             check(key, value, rule)
+
+
+def check_fields(config: object, rules: Mapping[str, Rule]) -> None:
+    """Apply ``rules`` (attribute name -> rule) to the attributes of ``config``, in order."""
+    for key, rule in rules.items():
+        check(key, getattr(config, key), rule)

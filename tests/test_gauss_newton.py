@@ -10,22 +10,22 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from pdesampler.linearization import flatten, linearize, unflatten
 from pdesampler.losses.base import Residual
 from pdesampler.ops import scalar_jet
+from pdesampler.optim.finetuner import step_indices
 from pdesampler.optim.gauss_newton import (
     GaussNewton,
     GaussNewtonConfig,
+    line_search,
+    run_gauss_newton,
+)
+from pdesampler.optim.linalg import (
     conjugate_gradient,
     damped_direction_explicit,
-    flatten,
     full_jacobian,
     gramian_vector_product,
-    line_search,
-    linearize,
     per_point_jacobian,
-    run_gauss_newton,
-    step_indices,
-    unflatten,
 )
 from pdesampler.targets import Gaussian
 

@@ -12,15 +12,14 @@ from test_gauss_newton import DTYPE, LinearResidual, TinyResidual, params_of, re
 from torch.func import functional_call
 
 from pdesampler import losses, train
+from pdesampler.linearization import flatten, linearize
 from pdesampler.optim import GaussNewtonConfig, SpringConfig, finetune_config
-from pdesampler.optim.gauss_newton import (
-    GaussNewton,
+from pdesampler.optim.gauss_newton import GaussNewton
+from pdesampler.optim.linalg import (
     conjugate_gradient,
     damped_direction_explicit,
-    flatten,
     full_jacobian,
     gram_solve,
-    linearize,
     per_point_jacobian,
 )
 from pdesampler.optim.spring import Spring, run_spring

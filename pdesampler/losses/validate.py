@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vjp, vmap
 
+from pdesampler.linearization import linearize
 from pdesampler.losses.base import Dynamics, Residual
-from pdesampler.optim.gauss_newton import linearize
 
 __all__ = [
     "ResidualValidationError",

@@ -1,29 +1,31 @@
-"""Optimizers: Adam, and the second-order fine-tuners over the same Jacobian products.
+"""Optimizers: Adam (:mod:`~pdesampler.optim.adam`), and the second-order fine-tuners over the
+same Jacobian products (:mod:`pdesampler.linearization`, :mod:`~pdesampler.optim.linalg`).
 
 ``FINETUNERS`` maps a fine-tuner's ``method`` name to its config class and run function, so the
 trainer picks one by config and knows nothing else about it: matrix-free Gauss-Newton
 (Sun et al. section 4, :mod:`~pdesampler.optim.gauss_newton`) and SPRING
-(:mod:`~pdesampler.optim.spring`).
+(:mod:`~pdesampler.optim.spring`), both :class:`~pdesampler.optim.finetuner.FineTuner` with a
+:class:`~pdesampler.optim.finetuner.FinetuneConfig`.
 """
 
 from collections.abc import Mapping
 
-from pdesampler.optim.gauss_newton import (
-    GaussNewton,
-    GaussNewtonConfig,
+from pdesampler.optim.adam import AdamConfig, AdamResult, NonFiniteLossError, run_adam
+from pdesampler.optim.finetuner import (
+    FinetuneConfig,
+    FineTuner,
+    StepHook,
     StepInfo,
-    conjugate_gradient,
-    per_point_jacobian,
-    run_gauss_newton,
+    step_limit,
 )
+from pdesampler.optim.gauss_newton import GaussNewton, GaussNewtonConfig, run_gauss_newton
+from pdesampler.optim.linalg import conjugate_gradient, per_point_jacobian
 from pdesampler.optim.spring import Spring, SpringConfig, run_spring
 
 FINETUNERS = {
     "gauss_newton": (GaussNewtonConfig, run_gauss_newton),
     "spring": (SpringConfig, run_spring),
 }
-
-FinetuneConfig = GaussNewtonConfig | SpringConfig
 
 
 def build_config(cls: type, value: object) -> object:
@@ -64,17 +66,24 @@ def run_finetuner(config: FinetuneConfig, *args, **kwargs) -> list[StepInfo]:
 
 __all__ = [
     "FINETUNERS",
+    "AdamConfig",
+    "AdamResult",
+    "FineTuner",
     "FinetuneConfig",
     "GaussNewton",
     "GaussNewtonConfig",
+    "NonFiniteLossError",
     "Spring",
     "SpringConfig",
+    "StepHook",
     "StepInfo",
     "build_config",
     "conjugate_gradient",
     "finetune_config",
     "per_point_jacobian",
+    "run_adam",
     "run_finetuner",
     "run_gauss_newton",
     "run_spring",
+    "step_limit",
 ]

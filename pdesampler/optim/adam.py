@@ -23,9 +23,9 @@ from pdesampler.checks import (
     POSITIVE_OR_NONE,
     UNIT_POWER_OR_NONE,
     Rule,
-    check_config,
+    check_fields,
 )
-from pdesampler.optim.gauss_newton import StepHook, step_limit
+from pdesampler.optim.finetuner import StepHook, step_limit
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -81,7 +81,7 @@ class AdamConfig:
     temper_until: float = 0.5
 
     def __post_init__(self) -> None:
-        check_config(vars(self), ADAM_RULES)
+        check_fields(self, ADAM_RULES)
 
 
 @dataclass
@@ -166,9 +166,9 @@ def learning_rate(cfg: AdamConfig, progress: float) -> float:
 
 
 def temper_power(cfg: AdamConfig, progress: float) -> float:
-    """The power :math:`\\beta` of the tempered target at progress ``p`` of the Adam phase:
-    :math:`\\beta = \\beta_0 + (1 - \\beta_0) \\min(1, p / p_1)` with ``temper_from`` =
-    :math:`\\beta_0` and ``temper_until`` = :math:`p_1`; 1 when tempering is off."""
+    r"""The power :math:`\beta` of the tempered target at progress ``p`` of the Adam phase:
+    :math:`\beta = \beta_0 + (1 - \beta_0) \min(1, p / p_1)` with ``temper_from`` =
+    :math:`\beta_0` and ``temper_until`` = :math:`p_1`; 1 when tempering is off."""
     if cfg.temper_from is None:
         return 1.0
     ramp = min(1.0, progress / cfg.temper_until) if cfg.temper_until > 0 else 1.0
@@ -177,6 +177,89 @@ def temper_power(cfg: AdamConfig, progress: float) -> float:
 
 def _finite_grads(params: list[nn.Parameter]) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+class _AdamPhase:
+    """One run of the Adam phase: the optimizer, the result so far (resumed from a checkpoint
+    ``state``), the clock, the progress bar and the NaN guard."""
+
+    def __init__(self, model: nn.Module, cfg: AdamConfig, state: dict | None, progress: bool):
+        self.model, self.cfg = model, cfg
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.result = AdamResult()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.result = AdamResult(**state["result"])
+        self.limit = step_limit(cfg.steps, cfg.max_seconds, DEFAULT_STEPS)
+        self.bad_in_a_row = 0
+        self.start = time.perf_counter() - self.result.seconds
+        self.bar = tqdm(
+            total=None if math.isinf(self.limit) else self.limit,
+            initial=self.result.steps,
+            disable=not progress,
+            desc="adam",
+            leave=False,
+        )
+
+    def elapsed(self) -> float:
+        """Seconds of the phase, those before a resume included."""
+        return time.perf_counter() - self.start
+
+    def step(self, loss_fn: LossFn, lr: float) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """One Adam step at learning rate ``lr`` on ``loss_fn``'s loss, its gradient clipped to
+        ``cfg.clip``; ``(loss, parts)``, or ``None`` when the loss or a gradient is not finite
+        and the step is skipped (``cfg.nan_patience`` skips in a row raise
+        :class:`NonFiniteLossError`)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = loss_fn(self.result.steps)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            finite = _finite_grads(self.params)
+        if not finite:
+            self.result.skipped += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= self.cfg.nan_patience:
+                raise NonFiniteLossError(
+                    f"{self.bad_in_a_row} consecutive non-finite losses/gradients at Adam step "
+                    f"{self.result.steps}; lower optim.adam.lr, tighten the collocation box or clip"
+                )
+            return None
+        self.bad_in_a_row = 0
+        if self.cfg.clip:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        self.optimizer.step()
+        return loss, parts
+
+    def record(self, loss: Tensor, parts: dict[str, Tensor], lr: float) -> None:
+        """Count an applied step; every ``cfg.log_every`` steps and at the last, a history row."""
+        result = self.result
+        result.steps += 1
+        if result.steps == 1:
+            result.first_step_seconds = self.elapsed()
+        self.bar.update(1)
+        if result.steps % self.cfg.log_every == 0 or result.steps == self.limit:
+            row = {"step": result.steps, "loss": float(loss.detach()), "lr": lr}
+            row.update({k: float(v) for k, v in parts.items()})
+            row["seconds"] = self.elapsed()
+            result.history.append(row)
+            self.bar.set_postfix(loss=f"{row['loss']:.3e}", lr=f"{lr:.1e}")
+
+    def save(self, checkpoint: Path | None, on_checkpoint: Callable[[], dict] | None) -> None:
+        """Write ``{model, optimizer, result, extra}`` to ``checkpoint`` (if any), atomically."""
+        if checkpoint is None:
+            return
+        self.result.seconds = self.elapsed()
+        extra = on_checkpoint() if on_checkpoint else {}
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        payload.update(result=vars(self.result), extra=extra)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(checkpoint)
 
 
 def run_adam(
@@ -210,78 +293,25 @@ def run_adam(
     A non-finite loss or gradient skips the step; ``cfg.nan_patience`` consecutive skips raise
     :class:`NonFiniteLossError`.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    result = AdamResult()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        result = AdamResult(**state["result"])
-    limit = step_limit(cfg.steps, cfg.max_seconds, DEFAULT_STEPS)
-    bad_in_a_row = 0
-    start = time.perf_counter() - result.seconds
-    bar = tqdm(
-        total=None if math.isinf(limit) else limit,
-        initial=result.steps,
-        disable=not progress,
-        desc="adam",
-        leave=False,
-    )
-
-    def save() -> None:
-        if checkpoint is not None:
-            result.seconds = time.perf_counter() - start
-            extra = on_checkpoint() if on_checkpoint else {}
-            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-            payload.update(result=vars(result), extra=extra)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(payload, tmp)
-            tmp.replace(checkpoint)
-
-    while result.steps < limit:
-        elapsed = time.perf_counter() - start
+    run = _AdamPhase(model, cfg, state, progress)
+    result = run.result
+    while result.steps < run.limit:
+        elapsed = run.elapsed()
         if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
             break
         progress_now = _progress(cfg, result.steps, elapsed)
         lr = learning_rate(cfg, progress_now)
         if on_progress is not None:
             on_progress(progress_now)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss, parts = loss_fn(result.steps)
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-            finite = _finite_grads(params)
-        if not finite:
-            result.skipped += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= cfg.nan_patience:
-                raise NonFiniteLossError(
-                    f"{bad_in_a_row} consecutive non-finite losses/gradients at Adam step "
-                    f"{result.steps}; lower optim.adam.lr, tighten the collocation box or clip"
-                )
+        applied = run.step(loss_fn, lr)
+        if applied is None:
             continue
-        bad_in_a_row = 0
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(params, cfg.clip)
-        optimizer.step()
-        result.steps += 1
-        if result.steps == 1:
-            result.first_step_seconds = time.perf_counter() - start
-        bar.update(1)
-        if result.steps % cfg.log_every == 0 or result.steps == limit:
-            row = {"step": result.steps, "loss": float(loss.detach()), "lr": lr}
-            row.update({k: float(v) for k, v in parts.items()})
-            row["seconds"] = time.perf_counter() - start
-            result.history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3e}", lr=f"{lr:.1e}")
+        run.record(*applied, lr)
         if on_step is not None:
-            on_step(result.steps, time.perf_counter() - start, dict(model.named_parameters()))
+            on_step(result.steps, run.elapsed(), dict(model.named_parameters()))
         if cfg.checkpoint_every and result.steps % cfg.checkpoint_every == 0:
-            save()
-    bar.close()
-    result.seconds = time.perf_counter() - start
-    save()
+            run.save(checkpoint, on_checkpoint)
+    run.bar.close()
+    result.seconds = run.elapsed()
+    run.save(checkpoint, on_checkpoint)
     return result
