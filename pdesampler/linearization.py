@@ -17,12 +17,13 @@ residuals that nest forward-mode AD, such as forward-over-reverse Laplacians.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-from torch.func import jvp, vjp
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 __all__ = [
     "JACOBIAN_PRODUCTS",
@@ -31,6 +32,7 @@ __all__ = [
     "ResidualFn",
     "flatten",
     "linearize",
+    "per_point_jacobian",
     "unflatten",
 ]
 
@@ -110,3 +112,27 @@ def linearize(
             f"jacobian_product must be 'double_vjp' or 'jvp', got {jacobian_product!r}"
         )
     return Linearization(residual.detach(), jacobian_vector, vector_jacobian)
+
+
+def per_point_jacobian(
+    module: nn.Module, params: Params, x: Tensor, t: Tensor, chunk_size: int | None = None
+) -> Tensor:
+    r"""The ``(K N, P)`` Jacobian of ``module(x, t)`` for a pointwise residual, row order as in
+    ``Residual.forward`` (term-major).
+
+    Each point's ``K`` terms are ``module.forward`` on a batch of one, differentiated with
+    ``torch.func.jacrev`` and vmapped over the points (``chunk_size`` points at a time). The
+    one-point vector carries the weight :math:`\sqrt{\alpha_k / 1}`, so the rows are scaled by
+    :math:`1/\sqrt N`, then reordered from point-major ``(N, K)`` to term-major ``(K, N)``.
+    The residual must be deterministic (for example the ``Exact`` trace estimator).
+    """
+    if not getattr(module, "pointwise", True):
+        raise ValueError(f"{type(module).__name__} is not pointwise; use the CG solver instead")
+
+    def one_point(p: Params, xi: Tensor, ti: Tensor) -> Tensor:
+        return functional_call(module, p, (xi.unsqueeze(0), ti.unsqueeze(0)), tie_weights=False)
+
+    jac = vmap(jacrev(one_point), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, t)
+    n, k = next(iter(jac.values())).shape[:2]
+    point_major = torch.cat([jac[name].reshape(n, k, -1) for name in params], dim=2)
+    return point_major.transpose(0, 1).reshape(k * n, -1) / math.sqrt(n)

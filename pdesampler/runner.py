@@ -26,7 +26,7 @@ from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
-from pdesampler.optim.gauss_newton import StepHook
+from pdesampler.optim import StepHook
 from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
 from pdesampler.sampling import refinement_budget
 from pdesampler.train import CHECKPOINT, TrainResult, train

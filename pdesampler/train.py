@@ -24,7 +24,14 @@ from pdesampler.checks import FRACTION, POSITIVE_INT, POSITIVE_OR_NONE, check
 from pdesampler.collocation import CollocationSampler
 from pdesampler.compiling import CompiledOrEager, should_compile
 from pdesampler.losses.base import Trainable, TrainingBatches
-from pdesampler.optim import FinetuneConfig, build_config, finetune_config, run_finetuner
+from pdesampler.optim import (
+    FinetuneConfig,
+    StepHook,
+    build_config,
+    finetune_config,
+    run_finetuner,
+    step_limit,
+)
 from pdesampler.optim.adam import (
     DEFAULT_STEPS,
     AdamConfig,
@@ -33,7 +40,6 @@ from pdesampler.optim.adam import (
     run_adam,
     temper_power,
 )
-from pdesampler.optim.gauss_newton import StepHook, step_limit
 
 __all__ = ["CHECKPOINT", "TrainResult", "collocation_loss", "train"]
 

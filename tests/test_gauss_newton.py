@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pdesampler.linearization import flatten, linearize, unflatten
+from pdesampler.linearization import flatten, linearize, per_point_jacobian, unflatten
 from pdesampler.losses.base import Residual
 from pdesampler.ops import scalar_jet
 from pdesampler.optim.finetuner import step_indices
@@ -25,7 +25,6 @@ from pdesampler.optim.linalg import (
     damped_direction_explicit,
     full_jacobian,
     gramian_vector_product,
-    per_point_jacobian,
 )
 from pdesampler.targets import Gaussian
 

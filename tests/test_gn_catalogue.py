@@ -26,7 +26,7 @@ from test_gauss_newton import assert_cg_matches_dense
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
-from pdesampler.linearization import flatten, linearize
+from pdesampler.linearization import flatten, linearize, per_point_jacobian
 from pdesampler.losses import CATALOGUE, make_loss
 from pdesampler.losses.base import Residual
 from pdesampler.optim.gauss_newton import GaussNewton, GaussNewtonConfig
@@ -34,7 +34,6 @@ from pdesampler.optim.linalg import (
     conjugate_gradient,
     damped_direction_explicit,
     full_jacobian,
-    per_point_jacobian,
 )
 from pdesampler.targets import GMM9, Gaussian
 

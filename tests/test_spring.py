@@ -12,7 +12,7 @@ from test_gauss_newton import DTYPE, LinearResidual, TinyResidual, params_of, re
 from torch.func import functional_call
 
 from pdesampler import losses, train
-from pdesampler.linearization import flatten, linearize
+from pdesampler.linearization import flatten, linearize, per_point_jacobian
 from pdesampler.optim import GaussNewtonConfig, SpringConfig, finetune_config
 from pdesampler.optim.gauss_newton import GaussNewton
 from pdesampler.optim.linalg import (
@@ -20,7 +20,6 @@ from pdesampler.optim.linalg import (
     damped_direction_explicit,
     full_jacobian,
     gram_solve,
-    per_point_jacobian,
 )
 from pdesampler.optim.spring import Spring, run_spring
 from pdesampler.targets import Gaussian

@@ -298,7 +298,7 @@ class Residual(Trainable):
         from pdesampler.losses.validate import validate_residual  # it imports this module
 
         finetuning = finetune is not None and finetune.steps != 0
-        product = getattr(finetune, "jacobian_product", "double_vjp") if finetuning else None
+        product = finetune.jacobian_product if finetuning else None
         validate_residual(self, gauss_newton=product)
 
     def training_batches(

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from pdesampler.linearization import per_point_jacobian
 from pdesampler.ops import Exact
-from pdesampler.optim.gauss_newton import per_point_jacobian
 
 if TYPE_CHECKING:
     from pdesampler.collocation import CollocationSampler
@@ -40,8 +40,8 @@ def finetune_batches(
     """
     work_dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     probe_stream = getattr(residual.estimator, "generator", None)
-    fresh_search = getattr(cfg, "line_search_batch", "same") == "fresh"
-    curvature_points = max(1, round(getattr(cfg, "curvature_fraction", 1.0) * n))
+    fresh_search = cfg.line_search_batch == "fresh"
+    curvature_points = max(1, round(cfg.curvature_fraction * n))
 
     def batch():
         x, t = sampler(n)

@@ -10,6 +10,7 @@ trainer picks one by config and knows nothing else about it: matrix-free Gauss-N
 
 from collections.abc import Mapping
 
+from pdesampler.linearization import per_point_jacobian
 from pdesampler.optim.adam import AdamConfig, AdamResult, NonFiniteLossError, run_adam
 from pdesampler.optim.finetuner import (
     FinetuneConfig,
@@ -19,7 +20,7 @@ from pdesampler.optim.finetuner import (
     step_limit,
 )
 from pdesampler.optim.gauss_newton import GaussNewton, GaussNewtonConfig, run_gauss_newton
-from pdesampler.optim.linalg import conjugate_gradient, per_point_jacobian
+from pdesampler.optim.linalg import conjugate_gradient
 from pdesampler.optim.spring import Spring, SpringConfig, run_spring
 
 FINETUNERS = {

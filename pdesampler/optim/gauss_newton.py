@@ -3,7 +3,7 @@ r"""Matrix-free Gauss-Newton for least-squares problems :math:`L(\theta) = \|r(\
 The optimizer knows nothing about PDEs. It sees a residual closure ``residual_fn(params) -> (M,)``
 over a fixed batch, usually ``lambda p: functional_call(residual_module, p, (x, t))``, and
 optionally an explicit Jacobian closure ``point_jacobian_fn(params) -> (M, P)`` in the same row
-order (see :func:`~pdesampler.optim.linalg.per_point_jacobian`).
+order (see :func:`~pdesampler.linearization.per_point_jacobian`).
 
 Conventions (Sun et al. section 4; docs/math.md, section 9). :math:`J = \partial r / \partial \theta` is the Jacobian of the
 already weighted stacked vector :math:`r = (\sqrt{\alpha_k/N}\, r_k(x_i, t_i))_{k,i}`, so
@@ -60,7 +60,6 @@ from pdesampler.optim.finetuner import (
     FineTuner,
     StepHook,
     StepInfo,
-    step_limit,
 )
 from pdesampler.optim.linalg import (
     DTYPES,
@@ -71,7 +70,6 @@ from pdesampler.optim.linalg import (
     damped_direction_explicit,
     full_jacobian,
     num_params,
-    per_point_jacobian,
 )
 
 __all__ = [
@@ -79,9 +77,7 @@ __all__ = [
     "GaussNewton",
     "GaussNewtonConfig",
     "line_search",
-    "per_point_jacobian",
     "run_gauss_newton",
-    "step_limit",
 ]
 
 

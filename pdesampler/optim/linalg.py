@@ -14,14 +14,13 @@ Cholesky solve with the explicit Jacobian: ``M x M`` by the Woodbury identity on
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch import Tensor
+from torch.func import jacrev
 
 from pdesampler.linearization import Params, ResidualFn, linearize
 
@@ -36,7 +35,6 @@ __all__ = [
     "gram_solve",
     "gramian_vector_product",
     "num_params",
-    "per_point_jacobian",
 ]
 
 JacobianFn = Callable[[Params], Tensor]
@@ -61,34 +59,10 @@ def gramian_vector_product(
 
 def full_jacobian(residual_fn: ResidualFn, params: Params) -> Tensor:
     """The explicit ``(M, P)`` Jacobian by ``torch.func.jacrev``: M reverse passes over the
-    whole batch, so only for small problems; prefer :func:`per_point_jacobian`."""
+    whole batch, so only for small problems; prefer :func:`pdesampler.linearization.per_point_jacobian`."""
     jac = jacrev(residual_fn)(params)
     rows = next(iter(jac.values())).shape[0]
     return torch.cat([jac[name].reshape(rows, -1) for name in params], dim=1)
-
-
-def per_point_jacobian(
-    module: nn.Module, params: Params, x: Tensor, t: Tensor, chunk_size: int | None = None
-) -> Tensor:
-    r"""The ``(K N, P)`` Jacobian of ``module(x, t)`` for a pointwise residual, row order as in
-    ``Residual.forward`` (term-major).
-
-    Each point's ``K`` terms are ``module.forward`` on a batch of one, differentiated with
-    ``torch.func.jacrev`` and vmapped over the points (``chunk_size`` points at a time). The
-    one-point vector carries the weight :math:`\sqrt{\alpha_k / 1}`, so the rows are scaled by
-    :math:`1/\sqrt N`, then reordered from point-major ``(N, K)`` to term-major ``(K, N)``.
-    The residual must be deterministic (for example the ``Exact`` trace estimator).
-    """
-    if not getattr(module, "pointwise", True):
-        raise ValueError(f"{type(module).__name__} is not pointwise; use the CG solver instead")
-
-    def one_point(p: Params, xi: Tensor, ti: Tensor) -> Tensor:
-        return functional_call(module, p, (xi.unsqueeze(0), ti.unsqueeze(0)), tie_weights=False)
-
-    jac = vmap(jacrev(one_point), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, t)
-    n, k = next(iter(jac.values())).shape[:2]
-    point_major = torch.cat([jac[name].reshape(n, k, -1) for name in params], dim=2)
-    return point_major.transpose(0, 1).reshape(k * n, -1) / math.sqrt(n)
 
 
 # ---------------------------------------------------------------------- linear solvers
