@@ -36,7 +36,25 @@ __all__ = ["Evaluation", "evaluate", "exact_samples"]
 
 @dataclass
 class Evaluation:
-    """Metrics of one model, the samples they came from and the exact reference samples."""
+    r"""Metrics of one model, the samples they came from and the exact reference samples.
+
+    Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
+    (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
+    log-weight of a flow sample; :func:`metrics.importance_summary` gives them weight 0 out of
+    N), ``n_nonfinite_sde_samples`` (SDE losses: SDE samples with NaN/Inf coordinates, dropped
+    from the sample metrics; independent of the flow samples and their weights),
+    ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
+    (:math:`|\log Z_{ref} - \mathrm{mean}\log w|`), ``ess``, ``one_minus_ess``, ``w2``
+    (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
+    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value) and
+    ``energy_floor`` (the same between two exact sample sets), ``nll``
+    (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
+    solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
+    ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
+    ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples);
+    ``n_unscored`` and ``n_unscored_nll`` (see :func:`evaluate`). Metrics that need a
+    reference the target lacks are ``None``, with the reason under ``skipped``.
+    """
 
     metrics: dict[str, Any]
     output: SamplingOutput
@@ -73,22 +91,8 @@ def evaluate(
     max_seconds: float | None = None,
     refine_budget: int = REFINEMENT_BUDGET,
 ) -> Evaluation:
-    r"""Sample from ``residual``'s dynamics and compute the papers' metrics.
-
-    Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
-    (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
-    log-weight of a flow sample; :func:`metrics.importance_summary` gives them weight 0 out of
-    N), ``n_nonfinite_sde_samples`` (SDE losses: SDE samples with NaN/Inf coordinates, dropped
-    from the sample metrics; independent of the flow samples and their weights),
-    ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
-    (:math:`|\log Z_{ref} - \mathrm{mean}\log w|`), ``ess``, ``one_minus_ess``, ``w2``
-    (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
-    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value) and
-    ``energy_floor`` (the same between two exact sample sets), ``nll``
-    (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
-    solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
-    ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
-    ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples).
+    r"""Sample from ``residual``'s dynamics and compute the papers' metrics (the keys of
+    :attr:`Evaluation.metrics`).
 
     ``max_seconds`` bounds the ODE/SDE solves of the sampling and the NLL together (a
     :class:`~pdesampler.sampling.ScoringClock`): samples not solved by then are unscored,
@@ -110,27 +114,42 @@ def evaluate(
         refine_budget=refine_budget, clock=ScoringClock.after(max_seconds),
     )  # fmt: skip
     output = _sample_model(residual, n_samples, generator, options)
-    target, skipped = residual.target, {}
-    reference = exact_samples(target, n_samples, generator)
+    reference = exact_samples(residual.target, n_samples, generator)
     if reference is not None:
         reference = reference.to(output.samples.device)
-    m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
+    sinkhorn = (sinkhorn_blur, sinkhorn_max_samples, energy_batch)
+    m, skipped = _metrics(residual, output, reference, generator, options, sinkhorn)
+    if reference is not None:
+        nll_options = dataclasses.replace(options, fresh_probes=False)  # one probe set a solve
+        m.update(_nll_metrics(residual, reference[:n_nll] if nll else None, nll_options, skipped))
+    m["skipped"] = skipped
+    return Evaluation(m, output, reference, skipped)
+
+
+def _metrics(
+    residual: Residual | TrajectoryLoss,
+    output: SamplingOutput,
+    reference: Tensor | None,
+    generator: torch.Generator,
+    options: SamplingOptions,
+    sinkhorn: tuple[float, int, int],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metrics of :class:`Evaluation` but the NLL, and the reasons of those skipped;
+    ``sinkhorn`` is the blur, the samples and the energy distance's batch of
+    :func:`_sample_metrics`."""
+    target, skipped = residual.target, {}
+    m: dict[str, Any] = {"n_eval": output.samples.shape[0], "sinkhorn_blur": sinkhorn[0]}
     m["n_unscored"] = options.clock.unscored
     m["log_z_learned"] = residual.log_z_estimate()
     x = _weight_metrics(m, output, target)
     m.update(_reference_metrics(target, x, m, skipped))
     m.update(_mode_metrics(target, x, reference, skipped))
     if reference is not None and x is not None:
-        m.update(_sample_metrics(x, reference, target, generator, sinkhorn_blur,
-                                 sinkhorn_max_samples, energy_batch))  # fmt: skip
+        m.update(_sample_metrics(x, reference, target, generator, *sinkhorn))
     elif reference is None:
         for key in (*_SAMPLE_METRICS, "nll"):
             m[key], skipped[key] = None, "the target has no exact sampler"
-    if reference is not None:
-        nll_options = dataclasses.replace(options, fresh_probes=False)  # one probe set a solve
-        m.update(_nll_metrics(residual, reference[:n_nll] if nll else None, nll_options, skipped))
-    m["skipped"] = skipped
-    return Evaluation(m, output, reference, skipped)
+    return m, skipped
 
 
 def _sample_model(
