@@ -17,14 +17,15 @@ current model get it through :meth:`CollocationSampler.bind` and refresh themsel
 from __future__ import annotations
 
 import inspect
-import itertools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 from torchdiffeq import odeint
 
 from pdesampler.checks import POSITIVE, check
+from pdesampler.collocation_box import box_bounds, collocation_target_box, prior_box
+from pdesampler.euler_maruyama import Step, euler_maruyama, on_batch
 from pdesampler.losses.base import Dynamics, Residual
 from pdesampler.losses.parts import LinearBeta
 
@@ -39,13 +40,6 @@ __all__ = [
     "make_collocation",
     "prior_box",
 ]
-
-#: ``prior_box_width="auto"``: the prior box spans at least +- AUTO_MIN_WIDTH and at most
-#: +- AUTO_MAX_WIDTH prior standard deviations (see :func:`prior_box`).
-AUTO_MIN_WIDTH, AUTO_MAX_WIDTH = 3.0, 5.0
-#: Where a target gives its standard deviations, the collocation box is capped at its box centre
-#: +- STDDEV_BOX_WIDTH standard deviations (see :func:`collocation_target_box`).
-STDDEV_BOX_WIDTH = 5.0
 
 
 class CollocationSampler:
@@ -72,13 +66,6 @@ class CollocationSampler:
         return torch.randn(shape, generator=self.generator, dtype=self.dtype).to(self.device)
 
 
-def _box(bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in bounds)
-    if (hi <= lo).any():
-        raise ValueError(f"box upper bounds must exceed lower bounds, got {lo} and {hi}")
-    return lo, hi
-
-
 class BoxSampler(CollocationSampler):
     """Sun et al. eq. (63): :math:`t \\sim U[0, T]`, :math:`x \\sim U[\\underline\\Omega(t), \\overline\\Omega(t)]`
     with :math:`\\underline\\Omega(t) = (t/T)\\underline\\Omega_{target} + (1 - t/T)\\underline\\Omega_{prior}`
@@ -96,7 +83,7 @@ class BoxSampler(CollocationSampler):
         target_at_start: bool = False,
     ) -> None:
         super().__init__(generator, dtype, device)
-        (p_lo, p_hi), (q_lo, q_hi) = _box(prior_box), _box(target_box)
+        (p_lo, p_hi), (q_lo, q_hi) = box_bounds(prior_box), box_bounds(target_box)
         if target_at_start:
             (p_lo, p_hi), (q_lo, q_hi) = (q_lo, q_hi), (p_lo, p_hi)
         self.start = (p_lo.to(device, dtype), p_hi.to(device, dtype))
@@ -115,49 +102,31 @@ class BoxSampler(CollocationSampler):
         return lo + (hi - lo) * self._rand(n, self.start[0].numel()), t
 
 
-def collocation_target_box(target) -> tuple[Tensor, Tensor]:
-    """The target end of the box of Sun et al. eq. (63): the target's ``box``, and where it gives ``stddevs``
-    :math:`s`, no wider than :math:`c \\pm 5 s` around the box centre :math:`c`
-    (``STDDEV_BOX_WIDTH``), so that a generous box does not spread the points where there is no
-    mass."""
-    lo, hi = _box(target.box)
-    stddevs = getattr(target, "stddevs", None)
-    if stddevs is None:
-        return lo, hi
-    center, reach = (lo + hi) / 2, STDDEV_BOX_WIDTH * torch.as_tensor(stddevs).cpu().double()
-    return torch.maximum(lo, center - reach), torch.minimum(hi, center + reach)
+def _paths(
+    dynamics: Dynamics, x0: Tensor, times: Tensor, noise: Callable[[], Tensor] | None = None
+) -> Tensor:
+    """The states ``(n_times, n, d)`` of the paths of ``dynamics.drift`` from ``x0`` on
+    ``times``: RK4, or with ``noise`` (drawing each step's standard normals) Euler-Maruyama
+    (:func:`~pdesampler.euler_maruyama.euler_maruyama`)."""
+    drift = on_batch(dynamics.drift)
+    if noise is None:
+        return odeint(lambda t, x: drift(x, t), x0, times, method="rk4")
+    states = [x0]
+
+    def keep(step: Step) -> Tensor:
+        states.append(step.x_next)
+        return step.x_next
+
+    xi = (noise() for _ in range(len(times) - 1))
+    euler_maruyama(drift, dynamics.diffusion, times, xi, x0, keep)
+    return torch.stack(states)
 
 
-def prior_box(
-    mean: Tensor, stddevs: Tensor, target_box: tuple[Tensor, Tensor], width: float | str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """The prior end of the box of Sun et al. eq. (63), componentwise.
-
-    A number ``w`` gives :math:`m \\pm w \\sigma`. ``"auto"`` derives it from the target's box
-    :math:`[l, u]`: :math:`\\underline\\Omega_{prior} = \\min(m - 3\\sigma, \\max(m - 5\\sigma, l))`
-    and :math:`\\overline\\Omega_{prior} = \\max(m + 3\\sigma, \\min(m + 5\\sigma, u))`: five prior
-    standard deviations, shrunk to the target's box where that is narrower, never inside three.
-    On GMM-9 (box +-7.7) this is the tuned +-5, on MW 5/5/4 (box +-2.97) the tuned +-3.
-    """
-    mean, stddevs = mean.cpu().double(), torch.as_tensor(stddevs).cpu().double()
-    if width != "auto":
-        if isinstance(width, str) or not width > 0:
-            raise ValueError(f"prior_box_width must be a positive number or 'auto', got {width!r}")
-        return mean - width * stddevs, mean + width * stddevs
-    lo, hi = target_box
-    inner, outer = AUTO_MIN_WIDTH * stddevs, AUTO_MAX_WIDTH * stddevs
-    lower = torch.minimum(mean - inner, torch.maximum(mean - outer, lo))
-    upper = torch.maximum(mean + inner, torch.minimum(mean + outer, hi))
-    return lower, upper
-
-
-def _batched_drift(dynamics: Dynamics):
-    drift = vmap(dynamics.drift)
-
-    def f(t: Tensor, x: Tensor) -> Tensor:
-        return drift(x, t.expand(x.shape[0]).contiguous())
-
-    return f
+def _finite_points(states: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
+    """The finite points ``(x, t)`` of the states ``(n_times, n, d)``, detached."""
+    t = times[:, None].expand(states.shape[:2])
+    keep = torch.isfinite(states).all(-1)
+    return states[keep].detach(), t[keep].detach()
 
 
 class _PoolMixture(CollocationSampler):
@@ -201,12 +170,8 @@ class TrajectoryCache(_PoolMixture):
         start: int = 0,
     ) -> None:
         super().__init__(base, fraction)
-        self.n_trajectories, self.n_times, self.every, self.start = (
-            n_trajectories,
-            n_times,
-            every,
-            start,
-        )
+        self.n_trajectories, self.n_times = n_trajectories, n_times
+        self.every, self.start = every, start
 
     @property
     def cache(self) -> tuple[Tensor, Tensor] | None:
@@ -224,22 +189,8 @@ class TrajectoryCache(_PoolMixture):
         dyn = self.residual.dynamics()
         x0 = dyn.prior.sample(self.n_trajectories, self.generator).to(self.device, self.dtype)
         times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)
-        if dyn.stochastic:
-            states = self._euler_maruyama(dyn, x0, times)
-        else:
-            states = odeint(_batched_drift(dyn), x0, times, method="rk4")
-        t = times[:, None].expand(states.shape[:2])
-        keep = torch.isfinite(states).all(-1)
-        return states[keep].detach(), t[keep].detach()
-
-    def _euler_maruyama(self, dyn: Dynamics, x: Tensor, times: Tensor) -> Tensor:
-        drift = _batched_drift(dyn)
-        states = [x]
-        for t0, t1 in itertools.pairwise(times):
-            dt = t1 - t0
-            x = x + drift(t0, x) * dt + dyn.diffusion(t0) * dt.abs().sqrt() * self._randn(*x.shape)
-            states.append(x)
-        return torch.stack(states)
+        noise = (lambda: self._randn(*x0.shape)) if dyn.stochastic else None
+        return _finite_points(_paths(dyn, x0, times, noise), times)
 
     def _pick(self, n: int) -> Tensor:
         return torch.randint(0, self.points[0].shape[0], (n,), generator=self.generator)
@@ -326,7 +277,7 @@ class OUSampler(CollocationSampler):
         t_min: float = 1e-3,
     ) -> None:
         super().__init__(generator, dtype, device)
-        lo, hi = _box(target_box)
+        lo, hi = box_bounds(target_box)
         self.lo, self.hi = lo.to(device, dtype), hi.to(device, dtype)
         self.beta = LinearBeta(beta_min, beta_max, 1.0)
         self.t_min = float(t_min)
@@ -377,10 +328,7 @@ class TrajectorySampler(CollocationSampler):
             mean = dyn.prior.mean.to(x0)
             x0 = mean + self.spread * (x0 - mean)
         times = torch.linspace(dyn.t0, dyn.t1, self.n_times, dtype=self.dtype, device=self.device)
-        states = odeint(_batched_drift(dyn), x0, times, method="rk4")
-        t = times[:, None].expand(states.shape[:2])
-        keep = torch.isfinite(states).all(-1)
-        return states[keep].detach(), t[keep].detach()
+        return _finite_points(_paths(dyn, x0, times), times)
 
 
 #: The samplers of :func:`make_collocation` by kind.

@@ -7,8 +7,8 @@ listed with the reason under ``skipped``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +16,18 @@ import torch
 from torch import Tensor
 
 from pdesampler import metrics
-from pdesampler.checks import POSITIVE, POSITIVE_INT, POSITIVE_OR_NONE, check
+from pdesampler.checks import POSITIVE, POSITIVE_INT, check
 from pdesampler.losses.base import Residual
 from pdesampler.losses.trajectory import TrajectoryLoss
 from pdesampler.ops import Exact, Hutchinson
-from pdesampler.sampling import SamplingOutput, log_density, sample, scoring_budget
+from pdesampler.sampling import (
+    REFINEMENT_BUDGET,
+    SamplingOptions,
+    SamplingOutput,
+    ScoringClock,
+    log_density,
+    sample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +36,25 @@ __all__ = ["Evaluation", "evaluate", "exact_samples"]
 
 @dataclass
 class Evaluation:
-    """Metrics of one model, the samples they came from and the exact reference samples."""
+    r"""Metrics of one model, the samples they came from and the exact reference samples.
+
+    Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
+    (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
+    log-weight of a flow sample; :func:`metrics.importance_summary` gives them weight 0 out of
+    N), ``n_nonfinite_sde_samples`` (SDE losses: SDE samples with NaN/Inf coordinates, dropped
+    from the sample metrics; independent of the flow samples and their weights),
+    ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
+    (:math:`|\log Z_{ref} - \mathrm{mean}\log w|`), ``ess``, ``one_minus_ess``, ``w2``
+    (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
+    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value) and
+    ``energy_floor`` (the same between two exact sample sets), ``nll``
+    (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
+    solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
+    ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
+    ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples);
+    ``n_unscored`` and ``n_unscored_nll`` (see :func:`evaluate`). Metrics that need a
+    reference the target lacks are ``None``, with the reason under ``skipped``.
+    """
 
     metrics: dict[str, Any]
     output: SamplingOutput
@@ -64,123 +89,146 @@ def evaluate(
     n_nll: int = 2_000,
     n_saved: int = 0,
     max_seconds: float | None = None,
+    refine_budget: int = REFINEMENT_BUDGET,
 ) -> Evaluation:
-    """Sample from ``residual``'s dynamics and compute the papers' metrics.
+    r"""Sample from ``residual``'s dynamics and compute the papers' metrics (the keys of
+    :attr:`Evaluation.metrics`).
 
-    Metric keys: ``log_Z_ref``, ``log_Z_lb`` (mean log w, a lower bound), ``log_Z_is``
-    (importance sampling), ``n_nonfinite_samples`` (failed samples: NaN/Inf coordinates or
-    log-weight of a flow sample; :func:`metrics.importance_summary` gives them weight 0 out of N),
-    ``n_nonfinite_sde_samples`` (SDE losses: SDE samples with NaN/Inf coordinates, dropped from
-    the sample metrics; independent of the flow samples and their weights), ``log_z_learned`` (the parametrization's own estimate), ``dlogZ``
-    (:math:`|\\log Z_{ref} - \\mathrm{mean}\\log w|`), ``ess``, ``one_minus_ess``, ``w2``
-    (:func:`metrics.sinkhorn_w2`), ``w2_floor`` (the same between two exact sample sets: the
-    estimator's noise floor), ``dstd``, ``energy_distance`` (geomloss's value) and
-    ``energy_floor`` (the same between two exact sample sets), ``nll``
-    (forward NLL on exact samples, by the backward ODE; ``n_nonfinite_nll`` counts failed backward
-    solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
-    ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
-    ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples).
-
-    ``max_seconds`` bounds the ODE/SDE solves of the sampling and the NLL together
-    (:func:`pdesampler.sampling.scoring_budget`): samples not solved by then are unscored,
+    ``max_seconds`` bounds the ODE/SDE solves of the sampling and the NLL together (a
+    :class:`~pdesampler.sampling.ScoringClock`): samples not solved by then are unscored,
     counted in ``n_unscored`` (``n_unscored_nll`` for the NLL's exact samples) and, as failed
-    samples, given weight 0 in log Z and ESS.
+    samples, given weight 0 in log Z and ESS. Samples that blow up get finer grids within
+    ``refine_budget`` grid solves of the batch (:mod:`pdesampler.sampling.refine`).
     """
-    for key, value in {
-        "n_samples": n_samples,
-        "steps": steps,
-        "sde_steps": sde_steps,
-        "batch_size": batch_size,
-        "sinkhorn_max_samples": sinkhorn_max_samples,
-        "energy_batch": energy_batch,
-        "n_nll": n_nll,
-    }.items():
+    positive = {"n_samples": n_samples, "steps": steps, "sde_steps": sde_steps,
+                "batch_size": batch_size, "sinkhorn_max_samples": sinkhorn_max_samples,
+                "energy_batch": energy_batch, "n_nll": n_nll}  # fmt: skip
+    for key, value in positive.items():
         check(key, value, POSITIVE_INT)
     check("sinkhorn_blur", sinkhorn_blur, POSITIVE)
-    check("max_seconds", max_seconds, POSITIVE_OR_NONE)
-    start = time.perf_counter()
-    target = residual.target
     generator = torch.Generator().manual_seed(seed)
-    estimator = Exact() if trace == "exact" else Hutchinson(1, generator=generator)
-    dynamics = residual.dynamics()
+    options = SamplingOptions(
+        method=method, steps=steps, sde_steps=sde_steps, batch_size=batch_size,
+        estimator=Exact() if trace == "exact" else Hutchinson(1, generator=generator),
+        fresh_probes=trace != "exact", module=residual, n_saved=n_saved,
+        refine_budget=refine_budget, clock=ScoringClock.after(max_seconds),
+    )  # fmt: skip
+    output = _sample_model(residual, n_samples, generator, options)
+    reference = exact_samples(residual.target, n_samples, generator)
+    if reference is not None:
+        reference = reference.to(output.samples.device)
+    sinkhorn = (sinkhorn_blur, sinkhorn_max_samples, energy_batch)
+    m, skipped = _metrics(residual, output, reference, generator, options, sinkhorn)
+    if reference is not None:
+        nll_options = dataclasses.replace(options, fresh_probes=False)  # one probe set a solve
+        m.update(_nll_metrics(residual, reference[:n_nll] if nll else None, nll_options, skipped))
+    m["skipped"] = skipped
+    return Evaluation(m, output, reference, skipped)
+
+
+def _metrics(
+    residual: Residual | TrajectoryLoss,
+    output: SamplingOutput,
+    reference: Tensor | None,
+    generator: torch.Generator,
+    options: SamplingOptions,
+    sinkhorn: tuple[float, int, int],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metrics of :class:`Evaluation` but the NLL, and the reasons of those skipped;
+    ``sinkhorn`` is the blur, the samples and the energy distance's batch of
+    :func:`_sample_metrics`."""
+    target, skipped = residual.target, {}
+    m: dict[str, Any] = {"n_eval": output.samples.shape[0], "sinkhorn_blur": sinkhorn[0]}
+    m["n_unscored"] = options.clock.unscored
+    m["log_z_learned"] = residual.log_z_estimate()
+    x = _weight_metrics(m, output, target)
+    m.update(_reference_metrics(target, x, m, skipped))
+    m.update(_mode_metrics(target, x, reference, skipped))
+    if reference is not None and x is not None:
+        m.update(_sample_metrics(x, reference, target, generator, *sinkhorn))
+    elif reference is None:
+        for key in (*_SAMPLE_METRICS, "nll"):
+            m[key], skipped[key] = None, "the target has no exact sampler"
+    return m, skipped
+
+
+def _sample_model(
+    residual: Residual | TrajectoryLoss,
+    n: int,
+    generator: torch.Generator,
+    options: SamplingOptions,
+) -> SamplingOutput:
+    """:func:`pdesampler.sampling.sample` on the residual's dynamics, in eval mode."""
     was_training = residual.training
     residual.eval()
-    with scoring_budget(max_seconds) as clock:
-        output = sample(
-            dynamics,
-            n_samples,
-            generator=generator,
-            method=method,
-            steps=steps,
-            sde_steps=sde_steps,
-            estimator=estimator,
-            batch_size=batch_size,
-            module=residual,
-            n_saved=n_saved,
-            fresh_probes=trace != "exact",
-        )
+    output = sample(residual.dynamics(), n, generator=generator, options=options)
     residual.train(was_training)
+    return output
+
+
+def _weight_metrics(m: dict[str, Any], output: SamplingOutput, target) -> Tensor | None:
+    """Adds :func:`metrics.importance_summary` of the flow samples' log-weights (and, for an
+    SDE, ``n_nonfinite_sde_samples``) to ``m``; returns the model samples with finite
+    coordinates, float64 (``None`` if fewer than 2)."""
     x = output.samples.double()
     log_w = output.log_weights(target).double()
-    reference = exact_samples(target, n_samples, generator)
-    if reference is not None:
-        reference = reference.to(x.device)
-    skipped: dict[str, str] = {}
-    m: dict[str, Any] = {"n_eval": n_samples, "sinkhorn_blur": sinkhorn_blur}
-    m["n_unscored"] = clock.unscored
-    m["log_z_learned"] = residual.log_z_estimate()
     # the weights belong to the flow samples; for an SDE loss x are independent SDE samples
     failed = ~torch.isfinite(x).all(1)
     m.update(metrics.importance_summary(log_w, ~torch.isfinite(output.flow_samples).all(1)))
     if output.samples is not output.flow_samples:
         m["n_nonfinite_sde_samples"] = int(failed.sum())
-    x = _finite_rows(x, failed, m["n_nonfinite_samples"])
+    return _finite_rows(x, failed, m["n_nonfinite_samples"])
+
+
+def _reference_metrics(
+    target, x: Tensor | None, m: dict[str, Any], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """``log_Z_ref``, ``dlogZ`` (from ``m["log_Z_lb"]``), ``cross_entropy`` and ``dstd``
+    against the target's reference values, or ``None`` entries with the reason in
+    ``skipped``."""
+    out: dict[str, Any] = {}
     log_Z, stddevs = getattr(target, "log_Z", None), getattr(target, "stddevs", None)
     if log_Z is None:
         for key in ("log_Z_ref", "dlogZ", "cross_entropy"):
-            m[key], skipped[key] = None, "the target has no reference log Z"
+            out[key], skipped[key] = None, "the target has no reference log Z"
     else:
-        m["log_Z_ref"] = float(log_Z)
-        m["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
+        out["log_Z_ref"] = float(log_Z)
+        out["dlogZ"] = float(metrics.delta_log_z(log_Z, m["log_Z_lb"]))
         if m["n_nonfinite_samples"]:
             skipped["dlogZ"] = (
-                f"{m['n_nonfinite_samples']} of {n_samples} samples failed (NaN/Inf, weight 0): "
-                "the lower bound log_Z_lb is -inf"
+                f"{m['n_nonfinite_samples']} of {m['n_eval']} samples failed (NaN/Inf, "
+                "weight 0): the lower bound log_Z_lb is -inf"
             )
         if x is not None:
-            m["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
+            out["cross_entropy"] = float(metrics.cross_entropy(target.log_prob(x), log_Z))
     if x is None:
         for key in ("cross_entropy", "dstd", *_SAMPLE_METRICS):
-            m[key], skipped[key] = None, "every model sample is NaN/Inf"
+            out[key], skipped[key] = None, "every model sample is NaN/Inf"
     elif stddevs is not None:
-        m["dstd"] = float(metrics.delta_std(x, stddevs))
+        out["dstd"] = float(metrics.delta_std(x, stddevs))
     else:
-        m["dstd"], skipped["dstd"] = None, "the target has no reference standard deviations"
-    m.update(_mode_metrics(target, x, reference, skipped))
-    if reference is not None and x is not None:
-        m.update(
-            _sample_metrics(
-                x, reference, target, generator, sinkhorn_blur, sinkhorn_max_samples, energy_batch
-            )
-        )
-    elif reference is None:
-        for key in (*_SAMPLE_METRICS, "nll"):
-            m[key] = None
-            skipped[key] = "the target has no exact sampler"
-    if reference is not None and nll and dynamics.flow_drift is None:
-        m["nll"], skipped["nll"] = None, "a trajectory baseline has no probability-flow ODE"
-    elif reference is not None and nll:
-        left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
-        with scoring_budget(None if left is None else max(left, 1e-12)) as nll_clock:
-            log_q = _forward_log_q(
-                residual, reference[:n_nll], method, steps, estimator, batch_size
-            )
-        m.update(_nll_summary(log_q, skipped))
-        m["n_unscored_nll"] = nll_clock.unscored
-    elif reference is not None:
-        m["nll"], skipped["nll"] = None, "disabled (eval.nll=false)"
-    m["skipped"] = skipped
-    return Evaluation(m, output, reference, skipped)
+        out["dstd"], skipped["dstd"] = None, "the target has no reference standard deviations"
+    return out
+
+
+def _nll_metrics(
+    residual: Residual | TrajectoryLoss,
+    exact: Tensor | None,
+    options: SamplingOptions,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """The forward NLL on the ``exact`` samples (``None``: disabled) by the backward ODE, on a
+    fresh clock with the deadline of ``options.clock``."""
+    dynamics = residual.dynamics()
+    if exact is not None and dynamics.flow_drift is None:
+        skipped["nll"] = "a trajectory baseline has no probability-flow ODE"
+        return {"nll": None}
+    if exact is None:
+        skipped["nll"] = "disabled (eval.nll=false)"
+        return {"nll": None}
+    clock = ScoringClock(options.clock.deadline)
+    log_q = log_density(dynamics, exact, options=dataclasses.replace(options, clock=clock))
+    return {**_nll_summary(log_q, skipped), "n_unscored_nll": clock.unscored}
 
 
 def _mode_metrics(
@@ -238,19 +286,6 @@ def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_b
         "energy_floor": metrics.energy_distance(second, reference, batch_size=energy_batch),
         "sinkhorn_max_samples": max_samples,
     }
-
-
-def _forward_log_q(residual, reference, method, steps, estimator, batch_size) -> Tensor:
-    """:math:`\\log q` of the exact samples ``reference``, by the backward ODE."""
-    return log_density(
-        residual.dynamics(),
-        reference,
-        method=method,
-        steps=steps,
-        estimator=estimator,
-        batch_size=batch_size,
-        module=residual,
-    )
 
 
 def _nll_summary(log_q: Tensor, skipped: dict[str, str]) -> dict[str, Any]:

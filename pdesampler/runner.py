@@ -28,7 +28,6 @@ from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.optim import StepHook
 from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
-from pdesampler.sampling import refinement_budget
 from pdesampler.train import CHECKPOINT, TrainResult, train
 
 __all__ = [
@@ -219,24 +218,24 @@ def evaluate_run(
     override the config's (a benchmark scoring snapshots uses fewer samples). Samples that blow
     up get finer grids within ``cfg.sampler.refine_budget`` grid solves of the batch."""
     sampler_cfg, eval_cfg = cfg.sampler, cfg.eval
-    with refinement_budget(int(sampler_cfg.refine_budget)):
-        return evaluate(
-            residual,
-            n_samples=int(eval_cfg.n_samples if n_samples is None else n_samples),
-            seed=int(cfg.seed) + 1,
-            method=str(sampler_cfg.method),
-            steps=int(sampler_cfg.steps),
-            sde_steps=int(sampler_cfg.sde_steps),
-            batch_size=int(sampler_cfg.batch_size),
-            trace=str(sampler_cfg.trace),
-            sinkhorn_blur=float(eval_cfg.sinkhorn_blur),
-            sinkhorn_max_samples=int(eval_cfg.sinkhorn_max_samples),
-            energy_batch=int(eval_cfg.energy_batch),
-            nll=bool(eval_cfg.nll if nll is None else nll),
-            n_nll=int(eval_cfg.n_nll),
-            n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0,
-            max_seconds=eval_cfg.get("max_seconds"),
-        )
+    return evaluate(
+        residual,
+        n_samples=int(eval_cfg.n_samples if n_samples is None else n_samples),
+        seed=int(cfg.seed) + 1,
+        method=str(sampler_cfg.method),
+        steps=int(sampler_cfg.steps),
+        sde_steps=int(sampler_cfg.sde_steps),
+        batch_size=int(sampler_cfg.batch_size),
+        trace=str(sampler_cfg.trace),
+        sinkhorn_blur=float(eval_cfg.sinkhorn_blur),
+        sinkhorn_max_samples=int(eval_cfg.sinkhorn_max_samples),
+        energy_batch=int(eval_cfg.energy_batch),
+        nll=bool(eval_cfg.nll if nll is None else nll),
+        n_nll=int(eval_cfg.n_nll),
+        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0,
+        max_seconds=eval_cfg.get("max_seconds"),
+        refine_budget=int(sampler_cfg.refine_budget),
+    )
 
 
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -185,11 +185,11 @@ def test_scoring_budget_ends_between_batches(monkeypatch) -> None:
         time.sleep(0.3)
         return real(*args, **kwargs)
 
-    real = sampling._solve_augmented
-    monkeypatch.setattr(sampling, "_solve_augmented", slow_field)
-    with sampling.scoring_budget(0.1) as clock:
-        out = sampling.sample_ode(
-            drift, 40, generator=torch.Generator().manual_seed(0), steps=2, batch_size=10
-        )
+    real = sampling.ode._solve_augmented
+    monkeypatch.setattr(sampling.ode, "_solve_augmented", slow_field)
+    clock = sampling.ScoringClock.after(0.1)
+    out = sampling.sample_ode(
+        drift, 40, generator=torch.Generator().manual_seed(0), steps=2, batch_size=10, clock=clock
+    )
     assert len(calls) == 1 and clock.unscored == 30
     assert torch.isfinite(out.x[:10]).all() and torch.isnan(out.x[10:]).all()

@@ -21,7 +21,8 @@ from torch import Tensor
 from pdesampler import sampling
 from pdesampler.losses import Dynamics, gradflow
 from pdesampler.ops import Exact
-from pdesampler.sampling import _solve_augmented, sample_ode
+from pdesampler.sampling import SamplingOptions, ode, sample_ode
+from pdesampler.sampling.ode import _solve_augmented
 from pdesampler.targets import Gaussian
 
 F64 = torch.float64
@@ -80,14 +81,15 @@ def test_a_slow_start_does_not_throw_the_first_step_out_of_the_time_span() -> No
         dyn = Dynamics(drift, Gaussian(0.0, 1.0, dim=1).double(), 1.0, 0.0, ode_method="dopri5")
         x, _, _, _ = _solve_augmented(
             dyn, torch.tensor([[x1]], dtype=F64), torch.zeros(1, dtype=F64), 1.0, 0.0,
-            estimator=Exact(), method="dopri5", steps=100, rtol=1e-5, atol=1e-5, save_indices=[],
+            SamplingOptions(estimator=Exact(), method="dopri5", steps=100, rtol=1e-5, atol=1e-5),
+            save_indices=[],
         )  # fmt: skip
         one = torch.tensor(1.0, dtype=F64)
         assert abs(x.item() - (M + S * (x1 - a(one) * M) / v(one).sqrt().item())) < 1e-4
 
 
 def test_an_overflowing_trial_step_counts_as_an_infinite_error() -> None:
-    from pdesampler.sampling import _step_norm
+    from pdesampler.sampling.ode import _step_norm
 
     state = (torch.tensor([[1.0, float("nan")]]), torch.tensor([3.0]))
     assert _step_norm(x_only=True)(state) == torch.inf
@@ -100,7 +102,7 @@ def test_an_adaptive_solve_that_gives_up_falls_back_to_the_fixed_grid(caplog, mo
     pass the singularity; one rk4 pass flags the samples that blow up, they are tried on finer
     rk4 grids (and stay non-finite: the true solution is), and the small starts stay exact.
     (A cap of 300 steps keeps the test quick.)"""
-    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    monkeypatch.setattr(ode, "MAX_ADAPTIVE_STEPS", 300)
     prior = Gaussian(0.0, 0.5, dim=1).double()
     blowup = Dynamics(lambda x, t: x**3, prior, 0.0, 1.0, ode_method="dopri5")
     out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), steps=50, dtype=F64)
@@ -121,7 +123,7 @@ def test_a_few_exploding_samples_do_not_spoil_the_rest_of_the_batch(monkeypatch)
     def exploding(x: Tensor, t: Tensor) -> Tensor:
         return drift(x, t) - 1e3 * torch.relu(x - 4.0) ** 3
 
-    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    monkeypatch.setattr(ode, "MAX_ADAPTIVE_STEPS", 300)
     prior = Gaussian(0.0, 2.0, dim=1).double()
     dyn = Dynamics(exploding, prior, 1.0, 0.0, ode_method="dopri5")
     out = sample_ode(dyn, 16, generator=torch.Generator().manual_seed(18), dtype=F64)
@@ -147,7 +149,7 @@ def test_stiff_strays_are_solved_on_a_finer_grid_and_the_rest_to_tolerance(
         rate = torch.where(x[..., 1:] > 0, 3000.0, 1.0).to(x)
         return torch.cat([-rate * x[..., :1], torch.zeros_like(rate)], dim=-1)
 
-    monkeypatch.setattr(sampling, "MAX_ADAPTIVE_STEPS", 300)
+    monkeypatch.setattr(ode, "MAX_ADAPTIVE_STEPS", 300)
     prior = Gaussian(0.0, 1.0, dim=2).double()
     dyn = Dynamics(two_speed, prior, 0.0, 1.0, ode_method="dopri5")
     out = sample_ode(dyn, 16, generator=torch.Generator().manual_seed(3), dtype=F64)
@@ -188,8 +190,8 @@ def test_samples_that_blow_up_on_a_fixed_grid_get_finer_grids_and_the_rest_keep_
     assert torch.allclose(out.x[~fast, 0], y0[~fast] * math.exp(-1.0), rtol=1e-8)
     calm_only = Dynamics(two_speed, prior, 0.0, 1.0)
     x0_calm = out.x0[~fast]
-    same = sampling._Solver(calm_only, Exact(), False, "rk4", 1e-5, 1e-5,
-                            torch.linspace(0.0, 1.0, 101, dtype=F64), [0, 100])  # fmt: skip
+    same = ode.Solver(calm_only, SamplingOptions(method="rk4", estimator=Exact()),
+                      torch.linspace(0.0, 1.0, 101, dtype=F64), [0, 100])  # fmt: skip
     xs, _ = same.on_grid((x0_calm, log_p0[~fast]), "rk4")
     assert torch.equal(xs[-1], out.x[~fast])  # the finite samples' solution is untouched
 
@@ -234,9 +236,8 @@ def test_refinement_stops_at_its_budget_for_trajectories_that_truly_blow_up(capl
     per stray) does not: it is skipped with a warning, the strays stay non-finite and the others
     keep their exact solution. The default budget comes back after the block."""
     blowup = Dynamics(lambda x, t: x**3, Gaussian(0.0, 1.0, dim=1).double(), 0.0, 1.0)
-    with sampling.refinement_budget(4):
-        out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), method="rk4",
-                         steps=50, dtype=F64)  # fmt: skip
+    out = sample_ode(blowup, 16, generator=torch.Generator().manual_seed(0), method="rk4",
+                     steps=50, dtype=F64, refine_budget=4)  # fmt: skip
     assert sampling.REFINEMENT_BUDGET == 16
     small = out.x0[:, 0].abs() < 0.5
     n_stray = int((out.x0[:, 0].abs() > 2**-0.5).sum())

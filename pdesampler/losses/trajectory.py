@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from pdesampler.euler_maruyama import Step, euler_maruyama
 from pdesampler.losses.base import Dynamics, Trainable
 from pdesampler.losses.parts import LinearBeta, vp_reverse_diffusion
 from pdesampler.losses.transport import NetSpec, make_prior, make_space_net
@@ -277,35 +278,39 @@ class TrajectoryLoss(Trainable):
     def simulate(
         self, n: int, generator: torch.Generator, *, detach: bool
     ) -> tuple[Tensor, Tensor]:
-        """``n`` Euler-Maruyama paths: the end points :math:`X_K` and :math:`\\log w`.
+        r"""``n`` Euler-Maruyama paths: the end points :math:`X_K` and :math:`\log w`.
 
         With ``detach`` the states are cut from the graph (the log-variance loss): the drift
-        enters :math:`\\log w` only through :math:`\\log f_k`, as
-        :math:`x_{k+1} - x_k - \\mu_k\\Delta t = \\sigma_k\\sqrt{\\Delta t}\\,\\xi_k +
-        (\\mathrm{sg}(\\mu_k) - \\mu_k)\\Delta t`.
+        enters :math:`\log w` only through :math:`\log f_k`, as
+        :math:`x_{k+1} - x_k - \mu_k\Delta t = \sigma_k\sqrt{\Delta t}\,\xi_k +
+        (\mathrm{sg}(\mu_k) - \mu_k)\Delta t`.
         """
         p = next(self.control.parameters())
         grid = torch.linspace(0.0, self.T, self.steps + 1, dtype=p.dtype, device=p.device)
         x = self.reference.prior.sample(n, generator).to(p)
         log_w = -self.reference.prior.log_prob(x) + (self.reference.prior.log_Z or 0.0)
-        for k in range(self.steps):
-            t, t_next = grid[k], grid[k + 1]
-            dt = t_next - t
-            noise = torch.randn(n, self.dim, generator=generator, dtype=p.dtype).to(p.device)
-            mu = self.drift(x, t)  # one time for the batch: the network is called batched
-            scaled_noise = self.reference.diffusion(t) * dt.sqrt() * noise
-            x_next = x + mu * dt + scaled_noise
-            em_residual = scaled_noise
+        noise = (
+            torch.randn(n, self.dim, generator=generator, dtype=p.dtype).to(p.device)
+            for _ in range(self.steps)
+        )
+
+        def weigh(step: Step) -> Tensor:
+            nonlocal log_w
+            x_next, em_residual, dt = step.x_next, step.noise, step.t_next - step.t
             if detach:
                 x_next = x_next.detach()
-                em_residual = scaled_noise + (mu.detach() - mu) * dt
-            log_w = log_w + path_log_ratio(self.reference, x, x_next, em_residual, t, t_next)
-            x = x_next
+                em_residual = step.noise + (step.drift.detach() - step.drift) * dt
+            ratio = path_log_ratio(self.reference, step.x, x_next, em_residual, step.t, step.t_next)
+            log_w = log_w + ratio
+            return x_next
+
+        # the drift takes one time for the batch: the network is called batched
+        x = euler_maruyama(self.drift, self.reference.diffusion, grid, noise, x, weigh)
         return x, log_w + self.target.log_prob(x)
 
     def path_loss(self, n: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """The training loss on ``n`` fresh paths and, for logging, the mean of
-        :math:`\\log w` (a lower bound on :math:`\\log Z`)."""
+        r"""The training loss on ``n`` fresh paths and, for logging, the mean of
+        :math:`\log w` (a lower bound on :math:`\log Z`)."""
         _, log_w = self.simulate(n, generator, detach=self.divergence == "lv")
         loss = -log_w.mean() if self.divergence == "kl" else log_w.var()
         return loss, {self.divergence: loss.detach(), "log_w": log_w.mean().detach()}
