@@ -57,7 +57,7 @@ def test_a_locked_run_directory_is_refused_at_once(tmp_path: Path) -> None:
             run_lock(tmp_path),
         ):
             pass
-        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        with initialize_config_dir(str(ROOT / "pdesampler" / "configs"), version_base="1.3"):
             cfg = compose("config", overrides=[*TINY, "out_dir=unused"])
         with pytest.raises(RunLockedError):
             run_experiment(cfg, tmp_path)
@@ -78,7 +78,7 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- fan-out
 def suite_config(results: Path, *overrides: str):
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "pdesampler" / "configs"), version_base="1.3"):
         return compose(
             "config",
             overrides=[
