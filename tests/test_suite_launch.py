@@ -19,8 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pdesampler.launch import RunLockedError, is_locked, run_lock
+from pdesampler.report import run_line, table_markdown
 from pdesampler.runner import run_experiment
-from pdesampler.suite import collect, run_line, run_suite, table_markdown
+from pdesampler.suite import collect, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
