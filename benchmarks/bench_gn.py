@@ -393,62 +393,68 @@ def main() -> None:
     out = Path(args.out)
     report = {"settings": vars(args), "threads": torch.get_num_threads(), "arms": ARMS}
     for name in args.problems:
-        problem = PROBLEMS[name]
-        start_state = plateau(args, name, problem)
+        start_state = plateau(args, name, PROBLEMS[name])
         if args.plateau_only:
             continue
-        residual = restored(problem, args, start_state["model"])
-        batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
-        start = {
-            "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
-            "point": curve_point(args, residual, batches, 0.0, 0),
-        }  # fmt: skip
-        arms = {}
-        for arm in args.arms:
-            for lr in args.adam_lrs if arm == "adam" else [None]:
-                key = f"adam_lr{lr:g}" if arm == "adam" else arm
-                arms[key] = run_arm(args, problem, start_state["model"], batches, arm, lr)
-                m = arms[key]
-                print(
-                    f"{name:11} {key:13} loss {m['loss']:.3e} (box {m['loss_box']:.3e}) "
-                    f"1-ESS {m['one_minus_ess']:.3e} "
-                    f"dlogZ {m['dlogZ']:.2e} +- {m['dlogZ_stderr']:.1e} W2 {m['w2']:.4f} "
-                    f"dstd {m['dstd']:.2e} | {m['steps']} steps, {m['step_seconds']:.3f} s/step",
-                    flush=True,
-                )
-        entry = {"label": problem["label"], "plateau": start, "arms": arms}
-        entry["adam_step_seconds"] = {
-            str(b): adam_step_seconds(problem, args, start_state["model"], b) for b in (1024, 4096)
-        }
-        cg_seconds = cg_iteration_seconds(problem, args, start_state["model"], 4096)
-        entry["cg_iteration_seconds_4096"] = cg_seconds
-        entry["cg_iteration_in_adam_steps"] = cg_seconds / entry["adam_step_seconds"]["4096"]
-        if any(a.startswith("adam") for a in arms) and not all(a.startswith("adam") for a in arms):
-            adam_key, best = best_arms(arms)
-            for key in (adam_key, best):
-                confirm(args, problem, arms[key])
-            entry.update(compare(arms, adam_key, best, start))
-            for key in (adam_key, best):
-                m = arms[key]
-                print(
-                    f"{name:11} {key:13} confirmed: 1-ESS {m['one_minus_ess']:.3e} "
-                    f"(spread {m['one_minus_ess_spread']:.1e}) dlogZ {m['dlogZ']:.2e} "
-                    f"+- {m['dlogZ_stderr']:.1e} on {m['n_dlogZ']} samples",
-                    flush=True,
-                )
-            print(
-                f"{name}: continued Adam / {entry['best_arm']}: loss {entry['loss_ratio']:.2f}x, "
-                f"1-ESS {entry['one_minus_ess_ratio']:.2f}x, dlogZ {entry['dlogZ_ratio']:.2f}x "
-                f"(significant: {entry['dlogZ_difference_significant']})",
-                flush=True,
-            )
-        figure = plot(out.with_name(f"{out.stem}_{name}.png"), problem["label"], arms, start)
-        entry["figure"] = figure.name  # next to the JSON
-        for arm in arms.values():
-            arm.pop("state")
-        report[name] = entry
+        report[name] = problem_entry(args, name, start_state, out)
         save(out, report, name)
     print(f"wrote {out}")
+
+
+def problem_entry(args, name: str, start_state: dict, out: Path) -> dict:
+    """Every arm of problem ``name`` from its plateau ``start_state``, the step timings, the
+    confirmed comparison of the best arms and the figure, printed as they finish."""
+    problem = PROBLEMS[name]
+    residual = restored(problem, args, start_state["model"])
+    batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
+    start = {
+        "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
+        "point": curve_point(args, residual, batches, 0.0, 0),
+    }  # fmt: skip
+    arms = {}
+    for arm in args.arms:
+        for lr in args.adam_lrs if arm == "adam" else [None]:
+            key = f"adam_lr{lr:g}" if arm == "adam" else arm
+            arms[key] = run_arm(args, problem, start_state["model"], batches, arm, lr)
+            m = arms[key]
+            print(
+                f"{name:11} {key:13} loss {m['loss']:.3e} (box {m['loss_box']:.3e}) "
+                f"1-ESS {m['one_minus_ess']:.3e} "
+                f"dlogZ {m['dlogZ']:.2e} +- {m['dlogZ_stderr']:.1e} W2 {m['w2']:.4f} "
+                f"dstd {m['dstd']:.2e} | {m['steps']} steps, {m['step_seconds']:.3f} s/step",
+                flush=True,
+            )
+    entry = {"label": problem["label"], "plateau": start, "arms": arms}
+    entry["adam_step_seconds"] = {
+        str(b): adam_step_seconds(problem, args, start_state["model"], b) for b in (1024, 4096)
+    }
+    cg_seconds = cg_iteration_seconds(problem, args, start_state["model"], 4096)
+    entry["cg_iteration_seconds_4096"] = cg_seconds
+    entry["cg_iteration_in_adam_steps"] = cg_seconds / entry["adam_step_seconds"]["4096"]
+    if any(a.startswith("adam") for a in arms) and not all(a.startswith("adam") for a in arms):
+        adam_key, best = best_arms(arms)
+        for key in (adam_key, best):
+            confirm(args, problem, arms[key])
+        entry.update(compare(arms, adam_key, best, start))
+        for key in (adam_key, best):
+            m = arms[key]
+            print(
+                f"{name:11} {key:13} confirmed: 1-ESS {m['one_minus_ess']:.3e} "
+                f"(spread {m['one_minus_ess_spread']:.1e}) dlogZ {m['dlogZ']:.2e} "
+                f"+- {m['dlogZ_stderr']:.1e} on {m['n_dlogZ']} samples",
+                flush=True,
+            )
+        print(
+            f"{name}: continued Adam / {entry['best_arm']}: loss {entry['loss_ratio']:.2f}x, "
+            f"1-ESS {entry['one_minus_ess_ratio']:.2f}x, dlogZ {entry['dlogZ_ratio']:.2f}x "
+            f"(significant: {entry['dlogZ_difference_significant']})",
+            flush=True,
+        )
+    figure = plot(out.with_name(f"{out.stem}_{name}.png"), problem["label"], arms, start)
+    entry["figure"] = figure.name  # next to the JSON
+    for arm in arms.values():
+        arm.pop("state")
+    return entry
 
 
 #: Total training seconds per run of the from-scratch comparison (one torch thread).
