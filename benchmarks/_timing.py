@@ -22,6 +22,7 @@ __all__ = [
     "setup",
     "time_call",
     "write_results",
+    "write_run",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -114,3 +115,13 @@ def write_results(data: dict[str, Any], out: Path | None, default_name: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def write_run(args: argparse.Namespace, env: dict[str, Any], bench: str, **results: Any) -> None:
+    """Write ``{"environment", "config" (the arguments but ``out``), **results}`` to
+    ``results/<bench>.json`` (``<bench>_quick.json`` with ``--quick``, or ``--out``) and print
+    where."""
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    name = f"{bench}_quick.json" if args.quick else f"{bench}.json"
+    path = write_results({"environment": env, "config": config, **results}, args.out, name)
+    print(f"\nwrote {path}")

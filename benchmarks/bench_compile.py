@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from pdesampler.collocation import make_collocation
 from pdesampler.compiling import CompiledOrEager
-from pdesampler.problems import problem_overrides
-from pdesampler.runner import build, resolve_dtype, run_collocation, write_json
+from pdesampler.problems import compose_run
+from pdesampler.report import write_json
+from pdesampler.runner import build, resolve_dtype, run_collocation
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
@@ -56,8 +56,7 @@ def time_steps(residual, loss_fn, x, t, steps: int) -> tuple[float, float]:
 
 def run_case(case: str, steps: int) -> dict:
     problem, loss, *extra = case.split(":")
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", problem_overrides([f"problem={problem}", f"loss={loss}", *extra]))
+    cfg = compose_run([f"problem={problem}", f"loss={loss}", *extra])
     residual = build(cfg, torch.device("cpu"), resolve_dtype(str(cfg.dtype)))
     kind, options = run_collocation(cfg, residual)
     generator = torch.Generator().manual_seed(int(cfg.seed))

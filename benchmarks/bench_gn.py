@@ -30,7 +30,6 @@ seconds (``from_scratch``). Writes ``results/bench_gn.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import statistics
@@ -39,18 +38,18 @@ from pathlib import Path
 
 import from_scratch
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from torch.func import functional_call
 
-from pdesampler import losses, train
+from pdesampler import runner, train
 from pdesampler.collocation import BoxSampler, make_collocation
-from pdesampler.metrics import delta_std, importance_summary, sinkhorn_w2
+from pdesampler.evaluate import evaluate
+from pdesampler.metrics import delta_log_z
 from pdesampler.optim.gauss_newton import linearize
-from pdesampler.problems import problem_settings
-from pdesampler.runner import write_json
-from pdesampler.sampling import sample_ode
+from pdesampler.problems import compose_run
+from pdesampler.report import write_json
+from pdesampler.snapshots import Snapshots, with_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -83,12 +82,17 @@ ARMS = {
 }  # fmt: skip
 
 
+def run_config(problem: dict, width: int = 64, seed: int = 0) -> DictConfig:
+    """The run config of ``problem``: its preset and loss, a network of ``width`` x 3 layers."""
+    return compose_run([
+        f"problem={problem['preset']}", f"loss={problem['loss']}", f"net.width={width}",
+        "net.depth=3", "net.input_scale=1.0", f"seed={seed}",
+    ])  # fmt: skip
+
+
 def build(problem: dict, width: int, seed: int, dtype: torch.dtype = torch.float32):
-    name = problem_settings(problem["preset"])["target"]
-    target = instantiate(OmegaConf.load(ROOT / "configs" / "target" / f"{name}.yaml"))
-    torch.manual_seed(seed)
-    residual = getattr(losses, problem["loss"])(target, net={"width": width, "depth": 3})
-    return residual.to(dtype)
+    """The problem's residual (:func:`pdesampler.runner.build`), initialized from ``seed``."""
+    return runner.build(run_config(problem, width, seed), torch.device("cpu"), dtype)
 
 
 def restored(problem: dict, args, state: dict):
@@ -99,11 +103,10 @@ def restored(problem: dict, args, state: dict):
 
 
 def collocation(problem: dict, residual, seed: int):
-    """The problem preset's collocation sampler for ``residual``, seeded."""
-    settings = problem_settings(problem["preset"])
-    generator = torch.Generator().manual_seed(seed)
-    kind, options = settings["collocation"], settings["collocation_options"]
-    return make_collocation(kind, residual, generator, **options)
+    """The problem preset's collocation sampler for ``residual`` (the run's, as
+    :func:`pdesampler.runner.run_collocation` chooses it), seeded."""
+    kind, options = runner.run_collocation(run_config(problem), residual)
+    return make_collocation(kind, residual, torch.Generator().manual_seed(seed), **options)
 
 
 def fixed_batches(problem: dict, residual, n: int, seed: int) -> dict:
@@ -127,22 +130,19 @@ def batch_losses(residual, batches: dict) -> dict:
     return out
 
 
+#: Points of the Sinkhorn W2 estimate (:func:`pdesampler.metrics.sinkhorn_w2`).
+W2_POINTS = 2000
+
+
 def sample_metrics(residual, n: int, seed: int, full: bool = True) -> dict:
-    """1 - ESS and the log-weights of ``n`` samples of the (probability-flow) ODE (Sun et al. eq. (64)); with
-    ``full``, also dstd and W2 (Sinkhorn on 2000 points, :func:`metrics.sinkhorn_w2`) against
+    """1 - ESS and the log-weights of ``n`` samples of the (probability-flow) ODE (Sun et al.
+    eq. (64)), scored by :func:`pdesampler.evaluate`; with ``full``, also dstd and W2 against
     exact samples."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        output = sample_ode(residual.dynamics(), n, generator=generator, module=residual)
-    target = residual.target
-    log_w = (target.log_prob(output.x) - output.log_q).double()
-    out = {"one_minus_ess": 1 - importance_summary(log_w)["ess"], "log_w": log_w}
+    report = evaluate(residual, n_samples=n, seed=seed, nll=False, sinkhorn_max_samples=W2_POINTS)
+    log_w = report.output.log_weights(residual.target).double()
+    out = {"one_minus_ess": report.metrics["one_minus_ess"], "log_w": log_w}
     if full:
-        x = output.x.double()
-        x = x[torch.isfinite(x).all(1)]
-        reference = target.sample(n, generator).double()
-        out["dstd"] = delta_std(x, target.stddevs)
-        out["w2"] = sinkhorn_w2(x, reference, max_samples=2000, generator=generator)
+        out.update(dstd=report.metrics["dstd"], w2=report.metrics["w2"])
     return out
 
 
@@ -151,7 +151,7 @@ def log_z_error(residual, log_w: Tensor) -> dict:
     finite log-weights (the count of the others is reported)."""
     finite = log_w[torch.isfinite(log_w)]
     return {
-        "dlogZ": abs(float(residual.target.log_Z) - float(finite.mean())),
+        "dlogZ": delta_log_z(residual.target.log_Z, finite.mean()),
         "dlogZ_stderr": float(finite.std() / math.sqrt(len(finite))),
         "n_dlogZ": len(log_w),
         "n_nonfinite": len(log_w) - len(finite),
@@ -178,31 +178,6 @@ def plateau(args, name: str, problem: dict) -> dict:
     state["seconds"] = result.adam.seconds
     torch.save(state, path)
     return state
-
-
-class Snapshots:
-    """``on_step`` hook: a copy of the parameters at the first step past each time mark (a
-    copy takes well under a millisecond; the evaluation happens after the arm). Time is the
-    optimizer phase's own ``elapsed``, or with ``wall_clock`` the seconds since the hook was
-    made (the whole training, Adam and the fine-tuner together)."""
-
-    def __init__(self, marks: list[float], wall_clock: bool = False) -> None:
-        self.marks, self.taken = list(marks), []
-        self.start = time.perf_counter() if wall_clock else None
-
-    def __call__(self, step: int, elapsed: float, params) -> None:
-        if self.start is not None:
-            elapsed = time.perf_counter() - self.start
-        if self.marks and elapsed >= self.marks[0]:
-            self.marks.pop(0)
-            self.taken.append((elapsed, step, {k: v.detach().clone() for k, v in params.items()}))
-
-
-def with_params(residual, params: dict):
-    """A copy of ``residual`` holding ``params`` (a state dict or a parameter dict)."""
-    model = copy.deepcopy(residual)
-    model.load_state_dict(params, strict=False)
-    return model
 
 
 def curve_point(args, residual, batches, seconds: float, steps: int) -> dict:
@@ -418,62 +393,68 @@ def main() -> None:
     out = Path(args.out)
     report = {"settings": vars(args), "threads": torch.get_num_threads(), "arms": ARMS}
     for name in args.problems:
-        problem = PROBLEMS[name]
-        start_state = plateau(args, name, problem)
+        start_state = plateau(args, name, PROBLEMS[name])
         if args.plateau_only:
             continue
-        residual = restored(problem, args, start_state["model"])
-        batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
-        start = {
-            "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
-            "point": curve_point(args, residual, batches, 0.0, 0),
-        }  # fmt: skip
-        arms = {}
-        for arm in args.arms:
-            for lr in args.adam_lrs if arm == "adam" else [None]:
-                key = f"adam_lr{lr:g}" if arm == "adam" else arm
-                arms[key] = run_arm(args, problem, start_state["model"], batches, arm, lr)
-                m = arms[key]
-                print(
-                    f"{name:11} {key:13} loss {m['loss']:.3e} (box {m['loss_box']:.3e}) "
-                    f"1-ESS {m['one_minus_ess']:.3e} "
-                    f"dlogZ {m['dlogZ']:.2e} +- {m['dlogZ_stderr']:.1e} W2 {m['w2']:.4f} "
-                    f"dstd {m['dstd']:.2e} | {m['steps']} steps, {m['step_seconds']:.3f} s/step",
-                    flush=True,
-                )
-        entry = {"label": problem["label"], "plateau": start, "arms": arms}
-        entry["adam_step_seconds"] = {
-            str(b): adam_step_seconds(problem, args, start_state["model"], b) for b in (1024, 4096)
-        }
-        cg_seconds = cg_iteration_seconds(problem, args, start_state["model"], 4096)
-        entry["cg_iteration_seconds_4096"] = cg_seconds
-        entry["cg_iteration_in_adam_steps"] = cg_seconds / entry["adam_step_seconds"]["4096"]
-        if any(a.startswith("adam") for a in arms) and not all(a.startswith("adam") for a in arms):
-            adam_key, best = best_arms(arms)
-            for key in (adam_key, best):
-                confirm(args, problem, arms[key])
-            entry.update(compare(arms, adam_key, best, start))
-            for key in (adam_key, best):
-                m = arms[key]
-                print(
-                    f"{name:11} {key:13} confirmed: 1-ESS {m['one_minus_ess']:.3e} "
-                    f"(spread {m['one_minus_ess_spread']:.1e}) dlogZ {m['dlogZ']:.2e} "
-                    f"+- {m['dlogZ_stderr']:.1e} on {m['n_dlogZ']} samples",
-                    flush=True,
-                )
-            print(
-                f"{name}: continued Adam / {entry['best_arm']}: loss {entry['loss_ratio']:.2f}x, "
-                f"1-ESS {entry['one_minus_ess_ratio']:.2f}x, dlogZ {entry['dlogZ_ratio']:.2f}x "
-                f"(significant: {entry['dlogZ_difference_significant']})",
-                flush=True,
-            )
-        figure = plot(out.with_name(f"{out.stem}_{name}.png"), problem["label"], arms, start)
-        entry["figure"] = figure.name  # next to the JSON
-        for arm in arms.values():
-            arm.pop("state")
-        report[name] = entry
+        report[name] = problem_entry(args, name, start_state, out)
         save(out, report, name)
     print(f"wrote {out}")
+
+
+def problem_entry(args, name: str, start_state: dict, out: Path) -> dict:
+    """Every arm of problem ``name`` from its plateau ``start_state``, the step timings, the
+    confirmed comparison of the best arms and the figure, printed as they finish."""
+    problem = PROBLEMS[name]
+    residual = restored(problem, args, start_state["model"])
+    batches = fixed_batches(problem, residual, args.fixed_batch, args.seed + 7)
+    start = {
+        "seconds": start_state["seconds"], "adam_steps": start_state["adam_steps"],
+        "point": curve_point(args, residual, batches, 0.0, 0),
+    }  # fmt: skip
+    arms = {}
+    for arm in args.arms:
+        for lr in args.adam_lrs if arm == "adam" else [None]:
+            key = f"adam_lr{lr:g}" if arm == "adam" else arm
+            arms[key] = run_arm(args, problem, start_state["model"], batches, arm, lr)
+            m = arms[key]
+            print(
+                f"{name:11} {key:13} loss {m['loss']:.3e} (box {m['loss_box']:.3e}) "
+                f"1-ESS {m['one_minus_ess']:.3e} "
+                f"dlogZ {m['dlogZ']:.2e} +- {m['dlogZ_stderr']:.1e} W2 {m['w2']:.4f} "
+                f"dstd {m['dstd']:.2e} | {m['steps']} steps, {m['step_seconds']:.3f} s/step",
+                flush=True,
+            )
+    entry = {"label": problem["label"], "plateau": start, "arms": arms}
+    entry["adam_step_seconds"] = {
+        str(b): adam_step_seconds(problem, args, start_state["model"], b) for b in (1024, 4096)
+    }
+    cg_seconds = cg_iteration_seconds(problem, args, start_state["model"], 4096)
+    entry["cg_iteration_seconds_4096"] = cg_seconds
+    entry["cg_iteration_in_adam_steps"] = cg_seconds / entry["adam_step_seconds"]["4096"]
+    if any(a.startswith("adam") for a in arms) and not all(a.startswith("adam") for a in arms):
+        adam_key, best = best_arms(arms)
+        for key in (adam_key, best):
+            confirm(args, problem, arms[key])
+        entry.update(compare(arms, adam_key, best, start))
+        for key in (adam_key, best):
+            m = arms[key]
+            print(
+                f"{name:11} {key:13} confirmed: 1-ESS {m['one_minus_ess']:.3e} "
+                f"(spread {m['one_minus_ess_spread']:.1e}) dlogZ {m['dlogZ']:.2e} "
+                f"+- {m['dlogZ_stderr']:.1e} on {m['n_dlogZ']} samples",
+                flush=True,
+            )
+        print(
+            f"{name}: continued Adam / {entry['best_arm']}: loss {entry['loss_ratio']:.2f}x, "
+            f"1-ESS {entry['one_minus_ess_ratio']:.2f}x, dlogZ {entry['dlogZ_ratio']:.2f}x "
+            f"(significant: {entry['dlogZ_difference_significant']})",
+            flush=True,
+        )
+    figure = plot(out.with_name(f"{out.stem}_{name}.png"), problem["label"], arms, start)
+    entry["figure"] = figure.name  # next to the JSON
+    for arm in arms.values():
+        arm.pop("state")
+    return entry
 
 
 #: Total training seconds per run of the from-scratch comparison (one torch thread).

@@ -30,19 +30,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from bench_gn import Snapshots, with_params
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from pdesampler.problems import problem_overrides
-from pdesampler.runner import (
-    build,
-    evaluate_run,
-    resolve_device,
-    resolve_dtype,
-    train_run,
-    write_json,
-)
+from pdesampler.problems import compose_run
+from pdesampler.report import write_json
+from pdesampler.runner import build, evaluate_run, resolve_device, resolve_dtype, train_run
+from pdesampler.snapshots import Snapshots, with_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -148,8 +141,7 @@ GOALS = {
 
 def run_config(problem: str, overrides: list[str]) -> DictConfig:
     """The config ``run.py problem=<problem> <overrides>`` would run."""
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", problem_overrides([f"problem={problem}", *overrides]))
+    return compose_run([f"problem={problem}", *overrides])
 
 
 def goal_metrics(metrics: dict, entropy: float | None) -> dict:

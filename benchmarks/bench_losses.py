@@ -31,13 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _timing import (
-    add_common_args,
-    count_matmul_flops,
-    setup,
-    time_call,
-    write_results,
-)
+from _timing import add_common_args, count_matmul_flops, setup, time_call, write_run
 from torch import Tensor
 from torch.func import vmap
 
@@ -271,10 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             print(profile(residual, batch, device))
         splits.append(split)
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    data = {"environment": env, "config": config, "results": rows, "breakdown": splits}
-    name = "bench_losses_quick.json" if args.quick else "bench_losses.json"
-    print(f"\nwrote {write_results(data, args.out, name)}")
+    write_run(args, env, "bench_losses", results=rows, breakdown=splits)
 
 
 if __name__ == "__main__":

@@ -37,13 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _timing import (
-    add_common_args,
-    count_matmul_flops,
-    setup,
-    time_call,
-    write_results,
-)
+from _timing import add_common_args, count_matmul_flops, setup, time_call, write_run
 from torch import Tensor, nn
 from torch.func import hessian, jacrev, vmap
 
@@ -307,10 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.extend(result)
     summary = goal_summary(rows)
     print_goal(summary)
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    data = {"environment": env, "config": config, "goal": summary, "results": rows}
-    name = "bench_ops_quick.json" if args.quick else "bench_ops.json"
-    print(f"\nwrote {write_results(data, args.out, name)}")
+    write_run(args, env, "bench_ops", goal=summary, results=rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from bench_gn import PROBLEMS, build
 
 from pdesampler import evaluate, train
 from pdesampler.problems import problem_settings
-from pdesampler.runner import write_json
+from pdesampler.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

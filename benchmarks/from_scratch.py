@@ -72,9 +72,8 @@ def score(run_dir: Path, n: int, seeds: int) -> dict:
     for k in range(seeds):
         report = evaluate(residual, n_samples=n, seed=1000 + k, nll=False,
                           sinkhorn_max_samples=500, steps=int(cfg.sampler.steps))  # fmt: skip
-        log_w = report.output.log_weights(residual.target).double()
-        log_ws.append(log_w)
-        per_seed.append(1 - importance_summary(log_w)["ess"])
+        log_ws.append(report.output.log_weights(residual.target).double())
+        per_seed.append(report.metrics["one_minus_ess"])
     pooled = importance_summary(torch.cat(log_ws))
     return {
         "one_minus_ess": pooled["one_minus_ess"],

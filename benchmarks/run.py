@@ -1,47 +1,11 @@
-"""pdesampler's main entry point (Hydra).
+"""pdesampler's main entry point (Hydra): :func:`pdesampler.app.cli`.
 
 One run:    python benchmarks/run.py target=gmm9 loss=logce optim.steps=2000
 A preset:   python benchmarks/run.py problem=mw5 loss=logce   (configs/problem/; target=mw5 alone too)
 A suite:    python benchmarks/run.py suite=quick      (smoke | quick | paper; scale=full on a GPU)
 """
 
-from __future__ import annotations
-
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from pdesampler.launch import LOCKED_EXIT, RunLockedError, follow_parent
-from pdesampler.problems import problem_overrides
-from pdesampler.runner import run_experiment
-from pdesampler.suite import load_suite, run_suite
-
-# Overrides every run of a suite inherits from the suite's own command line.
-_INHERITED = ("seed", "device", "dtype", "progress")
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
-    if cfg.get("suite") is not None:
-        overrides = HydraConfig.get().overrides.task
-        base = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in _INHERITED]
-        run_suite(load_suite(cfg), base)
-        return
-    follow_parent()  # a run started by a suite dies with it
-    try:
-        metrics = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
-    except RunLockedError as err:
-        print(err, file=sys.stderr)
-        sys.exit(LOCKED_EXIT)
-    keys = ("loss", "dlogZ", "ess", "w2", "dstd", "energy_distance", "nll", "train_seconds")
-    print(" ".join(f"{k}={metrics.get(k)!r}" for k in keys if k in metrics))
-
+from pdesampler.app import cli
 
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = problem_overrides(sys.argv[1:])
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    sys.exit(main())
+    cli()

@@ -17,8 +17,7 @@ from torch import Tensor
 
 from pdesampler import metrics
 from pdesampler.checks import POSITIVE, POSITIVE_INT, check
-from pdesampler.losses.base import Residual
-from pdesampler.losses.trajectory import TrajectoryLoss
+from pdesampler.losses.base import Trainable
 from pdesampler.ops import Exact, Hutchinson
 from pdesampler.sampling import (
     REFINEMENT_BUDGET,
@@ -73,7 +72,7 @@ def exact_samples(target, n: int, generator: torch.Generator) -> Tensor | None:
 
 
 def evaluate(
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     *,
     n_samples: int = 10_000,
     seed: int = 0,
@@ -127,7 +126,7 @@ def evaluate(
 
 
 def _metrics(
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     output: SamplingOutput,
     reference: Tensor | None,
     generator: torch.Generator,
@@ -153,7 +152,7 @@ def _metrics(
 
 
 def _sample_model(
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     n: int,
     generator: torch.Generator,
     options: SamplingOptions,
@@ -212,7 +211,7 @@ def _reference_metrics(
 
 
 def _nll_metrics(
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     exact: Tensor | None,
     options: SamplingOptions,
     skipped: dict[str, str],

@@ -1,8 +1,8 @@
 """Running the runs of a suite: local processes, N at a time, or one SLURM job each (submitit),
 with a lock per run directory so that two suites on the same results never run one run twice.
 
-Every launcher runs :func:`run_job`, which starts ``benchmarks/run.py`` for one run in a child
-process, so a run behaves the same whoever launches it. The executors share one interface,
+Every launcher runs :func:`run_job`, which starts the command line of :mod:`pdesampler.app` for
+one run in a child process, so a run behaves the same whoever launches it. The executors share one interface,
 ``executor.submit(fn, *args).result()``:
 
 * ``local``: a :class:`concurrent.futures.ThreadPoolExecutor` of ``jobs`` threads, each waiting
@@ -46,7 +46,7 @@ __all__ = [
     "run_lock",
 ]
 
-RUN_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+RUN_MODULE = "pdesampler.app"
 LAUNCHERS = ("local", "slurm", "submitit_local")
 LOCK_FILE = ".lock"
 #: The exit status of a run whose directory another process holds (EX_TEMPFAIL).
@@ -106,10 +106,10 @@ def is_locked(out_dir: str | Path) -> bool:
 
 
 def run_job(job: RunJob, threads: int | None = None) -> int:
-    """Run ``benchmarks/run.py`` with the job's overrides in a child process that dies with
+    """Run ``python -m pdesampler.app`` with the job's overrides in a child process that dies with
     this one; its output goes to ``out_dir/run.log``. Returns the exit status."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(RUN_SCRIPT), *job.overrides, f"out_dir={job.out_dir}"]
+    cmd = [sys.executable, "-m", RUN_MODULE, *job.overrides, f"out_dir={job.out_dir}"]
     env = {**os.environ, _PARENT_ENV: str(os.getpid())}
     if threads is not None:
         cmd.append(f"threads={threads}")

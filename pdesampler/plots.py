@@ -68,9 +68,7 @@ def plot_marginals(
         _marginal(ax, _np(samples[:, k]), None if exact is None else _np(exact[:, k]))
         ax.set_xlabel(f"$x_{k + 1}$")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def plot_trajectories(
@@ -93,9 +91,7 @@ def plot_trajectories(
     if np.isfinite(end).any():
         ax_hist.hist(end[np.isfinite(end)], bins=60, orientation="horizontal", density=True)
     ax_hist.set_xlabel("density at end")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def plot_marginal_grid(
@@ -115,9 +111,7 @@ def plot_marginal_grid(
         ax.set_title(name, fontsize=9)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def _density_on_grid(
@@ -200,9 +194,7 @@ def plot_samples_2d(
         ax.set_ylabel(f"$x_{dims[1] + 1}$")
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def plot_metric_summary(
@@ -230,12 +222,13 @@ def plot_metric_summary(
                 positive = [y for y in ys if np.isfinite(y) and y > 0]
                 if positive and max(positive) / min(positive) > 100:
                     ax.set_yscale("log")
+    return _save(fig, path, title)
+
+
+def _save(fig, path: str | Path, title: str) -> Path:
+    """Title and lay out ``fig``, write it to ``path`` (folders made) and close it."""
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,12 +1,16 @@
-"""Problem presets: a target plus the settings it trains best with.
+"""Run configs and problem presets: the one way a run's config is composed.
+
+The configs ship inside the package (``pdesampler/configs/``, :data:`CONFIG_DIR`).
+:func:`compose_run` composes ``config.yaml`` with command-line overrides exactly as the Hydra app
+(:mod:`pdesampler.app`) does, including the ``problem=`` alias of :func:`problem_overrides`.
 
 One YAML per problem in ``configs/problem/<name>.yaml`` holds the target's config name, the
 collocation (kind, prior box width, sampler options), the network size, the trace estimator of
 the residual (``exact`` or ``hutchinson``), the learning rates and the batch size.
 ``configs/problem/default.yaml`` is the rule for a target without a preset; a preset overrides
-it key by key. The Hydra app loads the preset of the chosen target by itself
-(``target=mw5`` alone gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose
-the target as well. Benchmarks read the same files through :func:`problem_settings`.
+it key by key. The app loads the preset of the chosen target by itself (``target=mw5`` alone
+gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose the target as well.
+:func:`problem_settings` reads a composed preset as plain Python values.
 """
 
 from __future__ import annotations
@@ -15,11 +19,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PROBLEM_DIR", "problem_names", "problem_overrides", "problem_settings"]
+__all__ = [
+    "CONFIG_DIR",
+    "PROBLEM_DIR",
+    "compose_run",
+    "problem_names",
+    "problem_overrides",
+    "problem_settings",
+]
 
-PROBLEM_DIR = Path(__file__).resolve().parents[1] / "configs" / "problem"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PROBLEM_DIR = CONFIG_DIR / "problem"
 DEFAULT_RULE = "default"
 
 
@@ -28,32 +41,39 @@ def problem_names() -> list[str]:
     return sorted(p.stem for p in PROBLEM_DIR.glob("*.yaml") if p.stem != DEFAULT_RULE)
 
 
-def _load(name: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(PROBLEM_DIR / f"{name}.yaml"), resolve=True)
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def compose_run(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python benchmarks/run.py <overrides>`` runs (``problem=`` alias applied)."""
+    return _compose(problem_overrides(overrides))
 
 
 def problem_settings(name: str) -> dict[str, Any]:
-    """The tuned settings of problem ``name`` as plain Python values.
+    """The tuned settings of problem ``name`` (its composed ``problem`` section) as plain
+    Python values.
 
     A name without a preset gets the default rule with ``target=name``. Returns ``{"target",
     "collocation" (a kind for :func:`pdesampler.collocation.make_collocation`),
     "collocation_options" (its keyword arguments: ``prior_box_width`` and the sampler's options),
-    "net": {"width", "depth", "input_scale"}, "trace", "lr", "lr_final", "batch_size"}``;
-    all but ``net`` and ``trace`` (which build the residual) are ready for
-    :func:`pdesampler.train`.
+    "net": {"width", "depth", "input_scale"}, "trace", "lr", "lr_final", "schedule", "warmup",
+    "finetune", "batch_size"}``.
     """
     if not name or "/" in name:
         raise ValueError(f"problem name must be a config name like 'mw5', got {name!r}")
-    settings = _load(DEFAULT_RULE)
-    if name in problem_names():
-        preset = _load(name)
-        unknown = set(preset) - set(settings)
+    has_preset = name in problem_names()
+    if has_preset:
+        rule, preset = (OmegaConf.load(PROBLEM_DIR / f"{n}.yaml") for n in (DEFAULT_RULE, name))
+        unknown = set(preset) - set(rule)
         if unknown:
             raise ValueError(
                 f"configs/problem/{name}.yaml has unknown keys {sorted(unknown)}; "
-                f"known: {sorted(settings)}"
+                f"known: {sorted(rule)}"
             )
-        settings = OmegaConf.to_container(OmegaConf.merge(settings, preset))
+    cfg = _compose([f"problem={name if has_preset else DEFAULT_RULE}"])
+    settings = OmegaConf.to_container(cfg.problem, resolve=True)
     settings["target"] = settings["target"] or name
     colloc = settings.pop("collocation")
     settings["collocation"] = colloc["kind"]
@@ -91,4 +111,5 @@ def problem_overrides(overrides: Sequence[str]) -> list[str]:
         return list(overrides)
     if name not in problem_names():
         raise ValueError(f"unknown problem {name!r}; available: {', '.join(problem_names())}")
-    return after("problem", f"target={problem_settings(name)['target']}")
+    target = OmegaConf.load(PROBLEM_DIR / f"{name}.yaml").get("target")
+    return after("problem", f"target={target or name}")

@@ -7,11 +7,10 @@ complete) and ``figures/``.
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from pdesampler.checks import check_config
 from pdesampler.evaluate import Evaluation, evaluate
 from pdesampler.launch import run_lock
-from pdesampler.losses.base import Residual
-from pdesampler.losses.trajectory import TrajectoryLoss
+from pdesampler.losses.base import Trainable
 from pdesampler.losses.validate import validate_target
 from pdesampler.ops import Exact, Hutchinson, TraceEstimator
 from pdesampler.optim import StepHook
-from pdesampler.plots import plot_marginals, plot_samples_2d, plot_trajectories
+from pdesampler.report import METRICS_FILE, write_run_outputs
 from pdesampler.train import CHECKPOINT, TrainResult, train
 
 __all__ = [
     "METRICS_FILE",
     "REQUIRED_METRICS",
+    "config_kwargs",
     "evaluate_run",
     "is_complete",
     "resolve_device",
@@ -41,7 +40,6 @@ __all__ = [
     "train_run",
 ]
 
-METRICS_FILE = "metrics.json"
 REQUIRED_METRICS = (
     "loss", "log_Z_ref", "log_Z_lb", "log_Z_is", "log_z_learned", "dlogZ", "w2", "ess", "dstd",
     "energy_distance", "nll", "sec_per_it", "train_seconds", "steps", "n_eval",
@@ -95,7 +93,7 @@ def is_complete(run_dir: str | Path) -> bool:
     return all(key in data for key in REQUIRED_METRICS)
 
 
-def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual | TrajectoryLoss:
+def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Trainable:
     """The target and the residual of a config, on ``device`` in ``dtype``."""
     torch.manual_seed(int(cfg.seed))
     target = instantiate(cfg.target)
@@ -108,40 +106,17 @@ def build(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Residual
     residual = instantiate(cfg.loss, _partial_=True)(
         target=target, estimator=estimator, chunk_size=chunk
     )
-    if not isinstance(residual, Residual | TrajectoryLoss):
+    if not isinstance(residual, Trainable):
         raise TypeError(
-            f"loss._target_ built a {type(residual).__name__}, not a pdesampler Residual "
-            "or TrajectoryLoss"
+            f"loss._target_ built a {type(residual).__name__}, not a pdesampler Trainable "
+            "(a Residual or a TrajectoryLoss)"
         )
     return residual.to(device=device, dtype=dtype)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary file of this process, then a rename, so that readers and
-    concurrent writers (two suites collecting one results directory) never see half a file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (:func:`write_text`); NaN and Inf become ``null``."""
-    write_text(path, json.dumps(_clean(data), indent=2, default=str))
-
-
 def collocation_settings(
     collocation: dict[str, Any],
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     preset: dict[str, Any] | None = None,
 ) -> tuple[str, dict]:
     """The collocation kind and options of a run. With ``keep_loss_sampler`` (the problem's
@@ -161,7 +136,7 @@ def collocation_settings(
     return "default", {**box_width, **(options if chosen else {})}
 
 
-def run_collocation(cfg: DictConfig, residual: Residual | TrajectoryLoss) -> tuple[str, dict]:
+def run_collocation(cfg: DictConfig, residual: Trainable) -> tuple[str, dict]:
     """:func:`collocation_settings` of a composed run config, against its problem's preset."""
     collocation = OmegaConf.to_container(cfg.collocation, resolve=True)
     preset = cfg.get("problem", {}).get("collocation")
@@ -169,73 +144,73 @@ def run_collocation(cfg: DictConfig, residual: Residual | TrajectoryLoss) -> tup
     return collocation_settings(collocation, residual, preset)
 
 
+def config_kwargs(fn: Callable, *sections: Mapping | DictConfig) -> dict[str, Any]:
+    """The keys of ``sections`` that name parameters of ``fn``, as plain values (a later section
+    wins): a config section that maps one to one onto ``fn``'s keyword arguments."""
+    names = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {}
+    for section in sections:
+        if isinstance(section, DictConfig):
+            section = OmegaConf.to_container(section, resolve=True)
+        kwargs.update({k: v for k, v in section.items() if k in names})
+    return kwargs
+
+
 def train_run(
     cfg: DictConfig,
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     checkpoint_dir: str | Path | None = None,
     on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train ``residual`` as ``cfg`` says (``cfg.optim``, the collocation, batch, seed); the
-    ``train`` call of :func:`run_experiment`, for benchmarks that watch a run (``on_step``)."""
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    gn = optim.pop("gn", None)
+    ``train`` call of :func:`run_experiment`, for benchmarks that watch a run (``on_step``).
+    ``cfg.optim`` is Adam's config but for the keys that are :func:`train`'s own (``gn``,
+    ``max_seconds``, ``compile``); ``gn.time_fraction`` and ``gn.batch_size`` are ``train``'s
+    ``gn_time_fraction`` and ``gn_batch_size``."""
+    adam = OmegaConf.to_container(cfg.optim, resolve=True)
+    own = config_kwargs(train, adam)
+    adam = {k: v for k, v in adam.items() if k not in own}
+    gn = own.pop("gn", None)
     preset_gn = OmegaConf.select(cfg, "problem.finetune")
     if isinstance(preset_gn, DictConfig):
         preset_gn = OmegaConf.to_container(preset_gn, resolve=True)
-    if isinstance(residual, TrajectoryLoss) and gn is not None and gn == preset_gn:
+    if not residual.least_squares and gn is not None and gn == preset_gn:
         gn = None  # the problem's fine-tuner is for PDE residuals; a trajectory baseline keeps Adam
-    max_seconds = optim.pop("max_seconds", None)
-    gn_time_fraction = gn.pop("time_fraction", 0.5) if gn else 0.5
-    gn_batch_size = gn.pop("batch_size", None) if gn else None
-    compile_loss = optim.pop("compile", "auto")
+    if gn:
+        own["gn_time_fraction"] = gn.pop("time_fraction", 0.5)
+        own["gn_batch_size"] = gn.pop("batch_size", None)
     kind, options = run_collocation(cfg, residual)
     return train(
         residual,
-        adam=optim,
+        adam=adam,
         gn=gn,
         batch_size=int(cfg.batch_size),
         collocation=kind,
         collocation_options=options,
         seed=int(cfg.seed),
-        max_seconds=max_seconds,
-        gn_time_fraction=gn_time_fraction,
-        gn_batch_size=gn_batch_size,
         checkpoint_dir=checkpoint_dir,
         progress=bool(cfg.progress),
         on_step=on_step,
-        compile=compile_loss,
+        **own,
     )
 
 
 def evaluate_run(
     cfg: DictConfig,
-    residual: Residual | TrajectoryLoss,
+    residual: Trainable,
     n_samples: int | None = None,
     nll: bool | None = None,
     figures: bool = False,
 ) -> Evaluation:
-    """Evaluate ``residual`` with ``cfg.sampler`` and ``cfg.eval``; ``n_samples`` and ``nll``
-    override the config's (a benchmark scoring snapshots uses fewer samples). Samples that blow
-    up get finer grids within ``cfg.sampler.refine_budget`` grid solves of the batch."""
-    sampler_cfg, eval_cfg = cfg.sampler, cfg.eval
-    return evaluate(
-        residual,
-        n_samples=int(eval_cfg.n_samples if n_samples is None else n_samples),
-        seed=int(cfg.seed) + 1,
-        method=str(sampler_cfg.method),
-        steps=int(sampler_cfg.steps),
-        sde_steps=int(sampler_cfg.sde_steps),
-        batch_size=int(sampler_cfg.batch_size),
-        trace=str(sampler_cfg.trace),
-        sinkhorn_blur=float(eval_cfg.sinkhorn_blur),
-        sinkhorn_max_samples=int(eval_cfg.sinkhorn_max_samples),
-        energy_batch=int(eval_cfg.energy_batch),
-        nll=bool(eval_cfg.nll if nll is None else nll),
-        n_nll=int(eval_cfg.n_nll),
-        n_saved=min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0,
-        max_seconds=eval_cfg.get("max_seconds"),
-        refine_budget=int(sampler_cfg.refine_budget),
-    )
+    """Evaluate ``residual`` with ``cfg.sampler`` and ``cfg.eval`` (their keys that are
+    :func:`evaluate`'s arguments); ``n_samples`` and ``nll`` override the config's (a benchmark
+    scoring snapshots uses fewer samples). Samples that blow up get finer grids within
+    ``cfg.sampler.refine_budget`` grid solves of the batch."""
+    sampler_cfg = cfg.sampler
+    kwargs = config_kwargs(evaluate, sampler_cfg, cfg.eval)
+    kwargs.update({k: v for k, v in {"n_samples": n_samples, "nll": nll}.items() if v is not None})
+    saved = min(101, sampler_cfg.steps + 1, sampler_cfg.sde_steps + 1) if figures else 0
+    return evaluate(residual, seed=int(cfg.seed) + 1, n_saved=saved, **kwargs)
 
 
 def run_experiment(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -277,40 +252,5 @@ def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "threads": torch.get_num_threads(),
     }
-    keep = {"samples": report.output.samples[:5000].float().cpu()}
-    if report.reference is not None:
-        keep["reference"] = report.reference[:5000].float()
-    torch.save(keep, out / "samples.pt")
-    if eval_cfg.figures:
-        _figures(out / "figures", report, metrics, residual.target)
-    write_json(out / "history.json", {"adam": result.adam.history, "gn": result.gn_history})
-    write_json(out / METRICS_FILE, metrics)
+    write_run_outputs(out, report, result, metrics, residual.target, bool(eval_cfg.figures))
     return metrics
-
-
-def density_2d(target) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``log_prob`` of a 2-D target for contour plots (float64 CPU points in and out); ``None``
-    when ``d != 2`` (the figures then draw the pairwise marginal of exact samples)."""
-    if target.dim != 2:
-        return None
-    ref = next(iter(target.buffers()), None) if isinstance(target, torch.nn.Module) else None
-    device, dtype = (ref.device, ref.dtype) if ref is not None else ("cpu", torch.float64)
-    return lambda x: target.log_prob(x.to(device, dtype)).detach().double().cpu()
-
-
-def _figures(folder: Path, report, metrics: dict, target) -> None:
-    method = metrics["loss_name"].rsplit(".", 1)[-1]
-    title = f"{method}: ESS {metrics['ess']:.3f}"
-    plot_marginals(report.output.samples, report.reference, folder / "marginals.png", title=title)
-    if target.dim >= 2:
-        plot_samples_2d(
-            {method: report.output.samples},
-            folder / "samples_2d.png",
-            log_prob=density_2d(target),
-            reference=report.reference,
-            title=title,
-        )
-    if report.output.trajectory is not None:
-        plot_trajectories(
-            report.output.trajectory, report.output.times, folder / "trajectories.png", title=title
-        )

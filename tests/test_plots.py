@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pdesampler.plots import _density_on_grid, plot_samples_2d
-from pdesampler.runner import density_2d
+from pdesampler.report import density_2d
 from pdesampler.targets import Gaussian, ManyWell
 
 

@@ -20,7 +20,7 @@ from pdesampler.runner import collocation_settings, run_collocation
 from pdesampler.targets import GMM9, Gaussian, ManyWell
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "pdesampler" / "configs"
 TC_OPTIONS = {"n_trajectories": 2000, "n_times": 100, "every": 250, "fraction": 0.5, "start": 0}
 
 

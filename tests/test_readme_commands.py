@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from pdesampler.problems import problem_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "pdesampler" / "configs"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 MULTIRUN = {"-m", "--multirun"}

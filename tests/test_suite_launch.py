@@ -19,8 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pdesampler.launch import RunLockedError, is_locked, run_lock
+from pdesampler.report import run_line, table_markdown
 from pdesampler.runner import run_experiment
-from pdesampler.suite import collect, run_line, run_suite, table_markdown
+from pdesampler.suite import collect, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -57,7 +58,7 @@ def test_a_locked_run_directory_is_refused_at_once(tmp_path: Path) -> None:
             run_lock(tmp_path),
         ):
             pass
-        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        with initialize_config_dir(str(ROOT / "pdesampler" / "configs"), version_base="1.3"):
             cfg = compose("config", overrides=[*TINY, "out_dir=unused"])
         with pytest.raises(RunLockedError):
             run_experiment(cfg, tmp_path)
@@ -78,7 +79,7 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- fan-out
 def suite_config(results: Path, *overrides: str):
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "pdesampler" / "configs"), version_base="1.3"):
         return compose(
             "config",
             overrides=[

@@ -30,7 +30,7 @@ from pdesampler.targets import (
     tail_exponent,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "target"
+CONFIGS = Path(__file__).resolve().parents[1] / "pdesampler" / "configs" / "target"
 LOG_2PI = math.log(2 * math.pi)
 Tensor = torch.Tensor
 

@@ -192,7 +192,7 @@ def test_cli_run_of_a_baseline_and_gauss_newton_refused(tmp_path: Path) -> None:
 
 
 def test_suites_run_every_baseline_beside_its_published_row() -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "suite"
+    root = Path(__file__).resolve().parents[1] / "pdesampler" / "configs" / "suite"
     problems = {"gmm9": "GMM d=2", "mw5": "MW 5/5/4", "mw50": "MW 50/5/2"}
     expected = {
         "paper": {(t, m) for t in problems for m in BASELINES},

@@ -102,7 +102,7 @@ def test_non_finite_loss_names_the_target_as_cause() -> None:
 # ---------------------------------------------------------------------------- numeric settings
 def compose(*overrides: str):
     """The resolved run config of ``benchmarks/run.py`` with ``overrides``."""
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "pdesampler" / "configs"), version_base="1.3"):
         return compose_config("config", overrides=[*overrides, "out_dir=unused"])
 
 

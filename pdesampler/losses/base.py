@@ -140,11 +140,14 @@ class Trainable(nn.Module):
         T: the time horizon.
         compilable: whether ``compile`` may put :meth:`training_loss` through
             ``torch.compile`` (:mod:`pdesampler.compiling`).
+        least_squares: whether the loss is a least-squares residual, so that a second-order
+            fine-tuner applies to it.
     """
 
     target: Target
     T: float
     compilable: bool = False
+    least_squares: bool = False
 
     @property
     def dim(self) -> int:
@@ -221,6 +224,7 @@ class Residual(Trainable):
     pointwise: bool = True
     default_collocation: str = "box"
     compilable = True
+    least_squares = True
 
     def __init__(
         self,

@@ -1,0 +1,1 @@
+"""The run configs (Hydra): ``config.yaml`` and its groups."""
