@@ -14,7 +14,8 @@ sd(log Z_r) / sqrt(R), the pooled estimate over all R P particles, the mean HMC 
 rate and the ESS fraction of the final weights, and writes the importance-weighted posterior
 mean and standard deviation (pooled) to ``pdesampler/data/breast_cancer_reference.json``.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/reference_logreg.py`` (about 7 minutes on one busy CPU core).
+Run: ``OMP_NUM_THREADS=1 python benchmarks/reference_logreg.py`` (7 to 12 minutes on one core of
+a busy 2-core machine).
 """
 
 from __future__ import annotations

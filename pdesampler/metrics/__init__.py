@@ -10,16 +10,18 @@ Notation: :math:`x_i \sim q` are ``N`` model samples with model log-density :mat
 :math:`\log w_i = \log\rho(x_i) - \log q(x_i)` are the log importance weights.
 
 Modules: :mod:`~pdesampler.metrics.weights` (weights, log Z, ESS),
-:mod:`~pdesampler.metrics.distances` (Sinkhorn W2, energy distance, Delta std),
+:mod:`~pdesampler.metrics.sinkhorn` (Sinkhorn W2),
+:mod:`~pdesampler.metrics.distances` (energy distance, Delta std),
 :mod:`~pdesampler.metrics.likelihoods` (cross-entropy, forward NLL, ELBO, EUBO),
 :mod:`~pdesampler.metrics.modes` (mode coverage) and :mod:`~pdesampler.metrics.field`
 (:func:`field_metrics`).
 """
 
-from pdesampler.metrics.distances import delta_std, energy_distance, sinkhorn_w2
+from pdesampler.metrics.distances import delta_std, energy_distance
 from pdesampler.metrics.field import field_metrics
 from pdesampler.metrics.likelihoods import cross_entropy, elbo, eubo, forward_nll
 from pdesampler.metrics.modes import entropic_mode_coverage, mode_coverage
+from pdesampler.metrics.sinkhorn import sinkhorn_w2
 from pdesampler.metrics.weights import (
     delta_log_z,
     effective_sample_size,
