@@ -11,7 +11,7 @@ from torch import Tensor
 
 from pdesampler.targets.base import Target
 
-__all__ = ["GMM9", "GMM40", "GaussianMixture", "UniformGMM"]
+__all__ = ["GMM9", "GMM40", "GaussianMixture", "UniformGMM", "uniform_means"]
 
 
 class GaussianMixture(Target):
@@ -189,10 +189,9 @@ class GMM40(GaussianMixture):
     """
 
     def __init__(self, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        means = (torch.rand(40, 2, generator=generator, dtype=torch.float32) - 0.5) * 2 * 40
+        means = uniform_means(40, 2, 40.0, seed)
         std = torch.nn.functional.softplus(torch.tensor(1.0, dtype=torch.float64))
-        super().__init__(means.double(), std, box_width=5.0)
+        super().__init__(means, std, box_width=5.0)
 
 
 class UniformGMM(GaussianMixture):
@@ -223,7 +222,14 @@ class UniformGMM(GaussianMixture):
         std: float = 1.0,
         seed: int = 0,
     ) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        unit = torch.rand(n_modes, dim, generator=generator, dtype=torch.float32)
-        means = (unit - 0.5) * 2 * half_width
-        super().__init__(means.double(), float(std), box_width=5.0)
+        means = uniform_means(n_modes, dim, half_width, seed)
+        super().__init__(means, float(std), box_width=5.0)
+
+
+def uniform_means(n: int, dim: int, half_width: float, seed: int) -> Tensor:
+    """FAB's mixture locations ``(torch.rand(n, dim) - 0.5) * 2 * half_width``, uniform in
+    ``[-half_width, half_width]^dim``: drawn in float32 from a private CPU ``torch.Generator``
+    seeded ``seed`` (the global RNG is untouched), returned as float64 ``(n, dim)``."""
+    generator = torch.Generator().manual_seed(seed)
+    unit = torch.rand(n, dim, generator=generator, dtype=torch.float32)
+    return ((unit - 0.5) * 2 * half_width).double()

@@ -9,6 +9,7 @@ from scipy import special, stats
 from torch import Tensor
 
 from pdesampler.targets.base import Target
+from pdesampler.targets.mixtures import uniform_means
 
 __all__ = ["StudentMixture"]
 
@@ -23,8 +24,8 @@ class StudentMixture(Target):
         \log t_\nu(z) = \log\frac{\Gamma(\frac{\nu+1}{2})}{\Gamma(\frac\nu2)\sqrt{\nu\pi}}
         - \frac{\nu+1}{2}\log\Big(1 + \frac{z^2}{\nu}\Big).
 
-    The locations are ``(torch.rand(K, d) - 0.5) * 2 * half_width`` in float32 from a private CPU
-    ``torch.Generator`` seeded ``seed``. Normalized, :math:`\log Z = 0`; exact samples by
+    The locations are :func:`~pdesampler.targets.mixtures.uniform_means` (uniform in
+    :math:`[-a, a]^d`, ``a = half_width``, from a private generator seeded ``seed``). Normalized, :math:`\log Z = 0`; exact samples by
     inverse-CDF sampling of each coordinate (``scipy.stats.t.ppf``). For :math:`\nu \le 2` the
     variance is infinite, so ``stddevs`` is ``None``. The box is every location
     :math:`\pm` the ``1 - BOX_TAIL / 2`` quantile of :math:`t_\nu` (:math:`\pm 9.92` for
@@ -50,9 +51,7 @@ class StudentMixture(Target):
     ) -> None:
         if df <= 0:
             raise ValueError(f"StudentMixture expects df > 0, got {df}")
-        generator = torch.Generator().manual_seed(seed)
-        unit = torch.rand(n_modes, dim, generator=generator, dtype=torch.float32)
-        locs = ((unit - 0.5) * 2 * half_width).double()
+        locs = uniform_means(n_modes, dim, half_width, seed)
         half = float(stats.t.isf(self.BOX_TAIL / 2, df))
         super().__init__(dim, (locs.amin(0) - half, locs.amax(0) + half))
         self.df = float(df)
