@@ -124,3 +124,11 @@ def test_field_metrics_without_optional_inputs_reports_none() -> None:
     )
     for key in ("eubo", "ess_fwd", "emc", "log_Z_error_elbo", "log_Z_error_is"):
         assert out[key] is None
+
+
+def test_field_metrics_leaves_the_forward_terms_out_after_a_failed_backward_solve() -> None:
+    zeros = torch.zeros(4, dtype=torch.float64)
+    log_q_target = torch.tensor([0.0, math.nan, 0.0, 0.0], dtype=torch.float64)
+    out = metrics.field_metrics(zeros, zeros, log_rho_target=zeros, log_q_target=log_q_target)
+    assert out["eubo"] is None and out["ess_fwd"] is None
+    assert out["elbo"] == 0.0 and out["ess_rev"] == 1.0

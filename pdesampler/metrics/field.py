@@ -39,7 +39,8 @@ def field_metrics(
     - with ``log_Z``: ``log_Z_error_elbo`` :math:`= \mathrm{ELBO} - \log Z \le 0` and
       ``log_Z_error_is`` :math:`= \log Z_{is} - \log Z`, signed;
     - with the target-sample terms: ``eubo`` (:func:`~pdesampler.metrics.eubo`) and ``ess_fwd``
-      (:func:`~pdesampler.metrics.forward_ess`);
+      (:func:`~pdesampler.metrics.forward_ess`), both ``None`` when a log-weight is NaN (a
+      failed backward solve: :math:`q` there is unknown);
     - with ``model_samples`` and a ``target`` that defines its modes (``mode_weights`` with
       ``K >= 2`` entries and ``mode_of``): ``emc``
       (:func:`~pdesampler.metrics.entropic_mode_coverage`) over the finite model samples.
@@ -61,8 +62,10 @@ def field_metrics(
         out["log_Z_error_elbo"] = summary["log_Z_lb"] - log_Z
         out["log_Z_error_is"] = summary["log_Z_is"] - log_Z
     if log_rho_target is not None and log_q_target is not None:
-        out["eubo"] = eubo(log_rho_target, log_q_target)
-        out["ess_fwd"] = forward_ess(log_weights(log_rho_target, log_q_target))
+        log_w_target = log_weights(log_rho_target, log_q_target)
+        if not torch.isnan(log_w_target).any():
+            out["eubo"] = eubo(log_rho_target, log_q_target)
+            out["ess_fwd"] = forward_ess(log_w_target)
     weights = getattr(target, "mode_weights", None)
     if model_samples is not None and weights is not None and len(weights) >= 2:
         finite = model_samples[torch.isfinite(model_samples).all(1)]
