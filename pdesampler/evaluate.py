@@ -51,8 +51,11 @@ class Evaluation:
     solves, see :func:`_nll_summary`), ``cross_entropy``, and for a target that defines its modes
     ``n_modes``, ``modes_covered``, ``modes_missed``, ``mode_tv``, ``modes_covered_ref`` and
     ``mode_tv_floor`` (:func:`metrics.mode_coverage`, on the unweighted model samples);
-    ``n_unscored`` and ``n_unscored_nll`` (see :func:`evaluate`). Metrics that need a
-    reference the target lacks are ``None``, with the reason under ``skipped``.
+    ``n_unscored`` and ``n_unscored_nll`` (see :func:`evaluate`); the metrics of the sampling
+    benchmarks (:func:`metrics.field_metrics`): ``elbo``, ``log_Z_error_elbo`` and
+    ``log_Z_error_is`` (signed), ``eubo`` and ``ess_fwd`` (on the NLL's exact samples) and
+    ``emc`` (entropic mode coverage). Metrics that need a reference the target lacks are
+    ``None``, with the reason under ``skipped``.
     """
 
     metrics: dict[str, Any]
@@ -118,9 +121,13 @@ def evaluate(
         reference = reference.to(output.samples.device)
     sinkhorn = (sinkhorn_blur, sinkhorn_max_samples, energy_batch)
     m, skipped = _metrics(residual, output, reference, generator, options, sinkhorn)
+    log_q_exact = None
     if reference is not None:
         nll_options = dataclasses.replace(options, fresh_probes=False)  # one probe set a solve
-        m.update(_nll_metrics(residual, reference[:n_nll] if nll else None, nll_options, skipped))
+        exact = reference[:n_nll] if nll else None
+        nll_metrics, log_q_exact = _nll_metrics(residual, exact, nll_options, skipped)
+        m.update(nll_metrics)
+    m.update(_field_metrics(residual.target, output, reference, log_q_exact, m))
     m["skipped"] = skipped
     return Evaluation(m, output, reference, skipped)
 
@@ -215,19 +222,42 @@ def _nll_metrics(
     exact: Tensor | None,
     options: SamplingOptions,
     skipped: dict[str, str],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Tensor | None]:
     """The forward NLL on the ``exact`` samples (``None``: disabled) by the backward ODE, on a
-    fresh clock with the deadline of ``options.clock``."""
+    fresh clock with the deadline of ``options.clock``, and the model log-densities it used."""
     dynamics = residual.dynamics()
     if exact is not None and dynamics.flow_drift is None:
         skipped["nll"] = "a trajectory baseline has no probability-flow ODE"
-        return {"nll": None}
+        return {"nll": None}, None
     if exact is None:
         skipped["nll"] = "disabled (eval.nll=false)"
-        return {"nll": None}
+        return {"nll": None}, None
     clock = ScoringClock(options.clock.deadline)
     log_q = log_density(dynamics, exact, options=dataclasses.replace(options, clock=clock))
-    return {**_nll_summary(log_q, skipped), "n_unscored_nll": clock.unscored}
+    return {**_nll_summary(log_q, skipped), "n_unscored_nll": clock.unscored}, log_q
+
+
+def _field_metrics(
+    target, output: SamplingOutput, reference: Tensor | None, log_q_exact: Tensor | None, m: dict
+) -> dict[str, Any]:
+    """The metrics of :func:`metrics.field_metrics` that ``m`` does not hold yet under another
+    name (``ess_rev`` is ``ess``): ``elbo``, the signed log Z errors, and with the exact
+    samples' model log-densities ``log_q_exact`` (from the NLL) ``eubo`` and ``ess_fwd``;
+    ``emc`` on targets that define their modes."""
+    log_rho_exact = None
+    if log_q_exact is not None:
+        log_rho_exact = target.log_prob(reference[: log_q_exact.shape[0]]).double()
+    finite = torch.isfinite(output.samples).all(1)
+    field = metrics.field_metrics(
+        target.log_prob(output.flow_samples).double(),
+        output.flow_log_q.double(),
+        log_Z=m.get("log_Z_ref"),
+        model_samples=output.samples[finite].double(),
+        target=target,
+        log_rho_target=log_rho_exact,
+        log_q_target=None if log_q_exact is None else log_q_exact.double(),
+    )
+    return {k: v for k, v in field.items() if k not in m and k != "ess_rev"}
 
 
 def _mode_metrics(

@@ -32,7 +32,8 @@ TABLE_METRICS = (
     "loss", "dlogZ", "w2", "w2_floor", "ess", "one_minus_ess", "dstd", "energy_distance",
     "energy_floor", "nll", "cross_entropy", "modes_covered", "n_modes", "modes_missed", "mode_tv",
     "mode_tv_floor", "log_Z_lb", "log_z_learned", "sec_per_it", "gn_sec_per_it", "steps",
-    "gn_steps", "train_seconds", "score_seconds", "n_unscored",
+    "gn_steps", "train_seconds", "score_seconds", "n_unscored", "elbo", "eubo", "ess_fwd",
+    "log_Z_error_is", "emc",
 )  # fmt: skip
 _COUNTS = ("steps", "gn_steps", "n_modes")  # averaged over seeds, then rounded
 
