@@ -11,6 +11,7 @@ a residual of one's own that still does not compile runs eagerly after one warni
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 
@@ -84,12 +85,10 @@ class CompiledOrEager:
             return self._compiled(*args, **kwargs)
         except Exception as err:  # any compiler failure: run eagerly instead
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            log.warning(
-                "torch.compile cannot compile %s (%s); running it eagerly", self.name, reason
-            )
-            self._compiled = None
-            _release_leaked_transforms(level)
-            return self.fn(*args, **kwargs)
+        log.warning("torch.compile cannot compile %s (%s); running it eagerly", self.name, reason)
+        self._compiled = None
+        _release_leaked_transforms(level)
+        return self.fn(*args, **kwargs)
 
 
 #: How many leaked forward-AD levels :func:`_release_leaked_transforms` looks for.
@@ -97,14 +96,23 @@ _MAX_LEAKED_LEVELS = 8
 
 
 def _release_leaked_transforms(level_before: int | None) -> None:
-    """Undo what a compilation that failed part-way left behind. Inductor (torch 2.13) can fail
-    inside a traced ``torch.func.jvp`` after entering forward-mode AD's dual level and never
-    exit it (seen on MW 50/5/2 logFP-anneal: an internal assert on a dual view); every later
-    ``jvp``, the eager fallback's included, then raises "Nested forward mode AD is not
-    supported". The levels the Python API does not hold (above
-    ``forward_ad._current_level``) are exited, newest first. A functorch transform left on the
-    interpreter stack (above ``level_before``, the caller's own) cannot be undone safely, so
-    that case stops with a message."""
+    r"""Undo what a compilation that failed part-way left behind.
+
+    - Dispatch-key guards. The failure's traceback holds, in reference cycles, the guards
+      TorchDynamo and FakeTensor entered while tracing. The garbage collector destroys them at
+      some later moment, and each puts back the key sets it saved, which were those of the
+      trace: a ``vmap`` running at that moment (or any later one) then fails with "Cannot
+      access storage of BatchedTensorImpl". The cycles are collected here, at once, inside a
+      guard that keeps the caller's key sets.
+    - Forward-mode AD levels. Inductor (torch 2.13) can fail inside a traced
+      ``torch.func.jvp`` after entering the dual level and never exit it (seen on MW 50/5/2
+      logFP-anneal); every later ``jvp`` then raises "Nested forward mode AD is not supported".
+      The levels the Python API does not hold (above ``forward_ad._current_level``) are
+      exited, newest first.
+    - A functorch transform left on the interpreter stack (above ``level_before``, the
+      caller's own) cannot be undone safely, so that case stops with a message."""
+    with torch._C._PreserveDispatchKeyGuard():
+        gc.collect()
     known = torch.autograd.forward_ad._current_level
     for level in range(known + _MAX_LEAKED_LEVELS, known, -1):
         try:

@@ -3,6 +3,7 @@ compiles, and the eager fallback where it does not."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 
@@ -123,6 +124,34 @@ def test_uncompilable_function_falls_back_to_eager(caplog) -> None:
     expected = -torch.sin(x).sum()
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, expected)
+
+
+def dispatch_key_sets() -> tuple[int, int]:
+    return (
+        torch._C._dispatch_tls_local_include_set().raw_repr(),
+        torch._C._dispatch_tls_local_exclude_set().raw_repr(),
+    )
+
+
+def test_a_failed_compile_leaves_nothing_for_the_garbage_collector_to_break() -> None:
+    """A failed TorchDynamo trace leaves dispatch-key guards in reference cycles; destroyed by a
+    later garbage collection, each would put back the trace's key sets, and a ``vmap`` running
+    then (a sampler's, in the next test) would fail. After the fallback a collection inside a
+    ``vmap`` changes nothing."""
+    before = dispatch_key_sets()
+    compiled = CompiledOrEager(forward_over_reverse_laplacian, "jvp of grad")
+    compiled(torch.randn(16, 2))
+    assert not compiled.compiled
+    assert dispatch_key_sets() == before
+
+    def collect_then_double(v: torch.Tensor) -> torch.Tensor:
+        gc.collect()
+        return 2 * v.to(torch.float64).expand(3)
+
+    torch.testing.assert_close(
+        torch.func.vmap(collect_then_double)(torch.ones(4)), torch.full((4, 3), 2.0).double()
+    )
+    assert dispatch_key_sets() == before
 
 
 def test_fallback_exits_the_forward_ad_level_a_failed_compile_left() -> None:
