@@ -128,6 +128,9 @@ def evaluate(
         nll_metrics, log_q_exact = _nll_metrics(residual, exact, nll_options, skipped)
         m.update(nll_metrics)
     m.update(_field_metrics(residual.target, output, reference, log_q_exact, m))
+    for key in ("eubo", "ess_fwd"):  # both need every exact sample's log q
+        if m[key] is None:
+            skipped[key] = skipped.get("nll", "the target has no exact samples")
     m["skipped"] = skipped
     return Evaluation(m, output, reference, skipped)
 
@@ -234,7 +237,7 @@ def _nll_metrics(
         return {"nll": None}, None
     clock = ScoringClock(options.clock.deadline)
     log_q = log_density(dynamics, exact, options=dataclasses.replace(options, clock=clock))
-    return {**_nll_summary(log_q, skipped), "n_unscored_nll": clock.unscored}, log_q
+    return {**_nll_summary(log_q, skipped, clock.unscored), "n_unscored_nll": clock.unscored}, log_q
 
 
 def _field_metrics(
@@ -317,10 +320,11 @@ def _sample_metrics(x, reference, target, generator, blur, max_samples, energy_b
     }
 
 
-def _nll_summary(log_q: Tensor, skipped: dict[str, str]) -> dict[str, Any]:
+def _nll_summary(log_q: Tensor, skipped: dict[str, str], n_unscored: int = 0) -> dict[str, Any]:
     """``nll`` (docs/metrics.md), ``n_nll`` and ``n_nonfinite_nll``. A backward solve that fails
-    (NaN/Inf log q) leaves ``nll`` null with the reason in ``skipped``; ``nll_of_finite`` is then
-    the mean over the other exact samples (biased low: the failures are the hard points)."""
+    (NaN/Inf log q), or that the scoring budget left undone (``n_unscored`` of them, NaN too),
+    leaves ``nll`` null with the reason in ``skipped``; ``nll_of_finite`` is then the mean over
+    the other exact samples (biased low: the failures are the hard points)."""
     finite = torch.isfinite(log_q)
     n, n_bad = log_q.shape[0], int((~finite).sum())
     out: dict[str, Any] = {"n_nll": n, "n_nonfinite_nll": n_bad}
@@ -329,8 +333,13 @@ def _nll_summary(log_q: Tensor, skipped: dict[str, str]) -> dict[str, Any]:
         return out
     out["nll"] = None
     out["nll_of_finite"] = metrics.forward_nll(log_q[finite]) if n_bad < n else None
+    failed = n_bad - n_unscored
     skipped["nll"] = (
-        f"the backward ODE failed (NaN/Inf log q) on {n_bad} of {n} exact samples; "
+        f"the backward ODE failed (NaN/Inf log q) on {failed} of {n} exact samples and the "
+        f"scoring budget (eval.max_seconds) left {n_unscored} unscored; nll_of_finite averages "
+        "the others"
+        if n_unscored
+        else f"the backward ODE failed (NaN/Inf log q) on {n_bad} of {n} exact samples; "
         "nll_of_finite averages the others"
     )
     logger.warning("forward NLL: %s", skipped["nll"])

@@ -169,6 +169,12 @@ def test_a_spent_scoring_budget_leaves_samples_unscored_with_weight_zero() -> No
     assert m["n_unscored"] == 300 and m["n_nonfinite_samples"] == 300
     assert m["ess"] == 0 and m["dlogZ"] == math.inf
     assert m["n_unscored_nll"] == 50 and m["nll"] is None
+    assert m["skipped"]["nll"].startswith(
+        "the backward ODE failed (NaN/Inf log q) on 0 of 50 exact samples and the scoring "
+        "budget (eval.max_seconds) left 50 unscored"
+    )
+    assert m["eubo"] is None and m["ess_fwd"] is None
+    assert m["skipped"]["eubo"] == m["skipped"]["ess_fwd"] == m["skipped"]["nll"]
     scored = evaluate(residual, n_samples=300, steps=4, nll=False, max_seconds=600)
     assert scored.metrics["n_unscored"] == 0 and scored.metrics["ess"] > 0
 
