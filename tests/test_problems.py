@@ -258,3 +258,14 @@ def test_a_preset_can_name_its_fine_tuner_and_optim_gn_null_runs_adam_alone() ->
     assert composed("target=mw5", spring, "optim=adam_gn_lm").optim.gn.method == "gauss_newton"
     assert composed("target=gmm9").optim.gn is None  # the shipped presets name none
     assert composed("target=gmm9").optim.steps is None  # no step cap under a budget
+
+
+def test_every_field_row_composes_and_logce_starts_log_z_at_the_prior_estimate() -> None:
+    """logCE learns log Z from its start; where it is far from 0 (ManyWell-32: 164.7, the
+    logistic regression: -55.2) the suite starts it at the prior's estimate."""
+    runs = yaml.safe_load((CONFIGS / "suite" / "field.yaml").read_text())["suite"]["runs"]
+    far_from_zero = {"fab_mw32_logce", "logreg_cancer_logce"}
+    for run in runs:
+        cfg = composed(*run["overrides"])
+        if run["method"] == "logce":
+            assert (cfg.loss.get("log_z_init") == "prior") == (run["name"] in far_from_zero)
