@@ -96,7 +96,7 @@ _MAX_LEAKED_LEVELS = 8
 
 
 def _release_leaked_transforms(level_before: int | None) -> None:
-    r"""Undo what a compilation that failed part-way left behind.
+    """Undo what a compilation that failed part-way left behind.
 
     - Dispatch-key guards. The failure's traceback holds, in reference cycles, the guards
       TorchDynamo and FakeTensor entered while tracing. The garbage collector destroys them at

@@ -333,14 +333,14 @@ def _nll_summary(log_q: Tensor, skipped: dict[str, str], n_unscored: int = 0) ->
         return out
     out["nll"] = None
     out["nll_of_finite"] = metrics.forward_nll(log_q[finite]) if n_bad < n else None
-    failed = n_bad - n_unscored
-    skipped["nll"] = (
-        f"the backward ODE failed (NaN/Inf log q) on {failed} of {n} exact samples and the "
-        f"scoring budget (eval.max_seconds) left {n_unscored} unscored; nll_of_finite averages "
-        "the others"
+    unscored = (
+        f" and the scoring budget (eval.max_seconds) left {n_unscored} unscored"
         if n_unscored
-        else f"the backward ODE failed (NaN/Inf log q) on {n_bad} of {n} exact samples; "
-        "nll_of_finite averages the others"
+        else ""
+    )
+    skipped["nll"] = (
+        f"the backward ODE failed (NaN/Inf log q) on {n_bad - n_unscored} of {n} exact "
+        f"samples{unscored}; nll_of_finite averages the others"
     )
     logger.warning("forward NLL: %s", skipped["nll"])
     return out
