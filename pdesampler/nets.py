@@ -24,20 +24,21 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
-def _silu_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _silu_derivatives(y: Tensor, second: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     s = torch.sigmoid(y)
-    return y * s, s * (1 + y * (1 - s)), s * (1 - s) * (2 + y * (1 - 2 * s))
+    d2 = s * (1 - s) * (2 + y * (1 - 2 * s)) if second else None
+    return y * s, s * (1 + y * (1 - s)), d2
 
 
-def _tanh_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _tanh_derivatives(y: Tensor, second: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     h = torch.tanh(y)
     d1 = 1 - h * h
-    return h, d1, -2 * h * d1
+    return h, d1, (-2 * h * d1 if second else None)
 
 
-def _softplus_derivatives(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _softplus_derivatives(y: Tensor, second: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     s = torch.sigmoid(y)
-    return nn.functional.softplus(y), s, s * (1 - s)
+    return nn.functional.softplus(y), s, (s * (1 - s) if second else None)
 
 
 _DERIVATIVES = {
@@ -45,7 +46,8 @@ _DERIVATIVES = {
     "tanh": _tanh_derivatives,
     "softplus": _softplus_derivatives,
 }
-"""``y -> (act(y), act'(y), act''(y))`` for the activations the forward jet supports."""
+"""``(y, second) -> (act(y), act'(y), act''(y) or None)`` for the activations the forward jet
+supports; the second derivative only where ``second`` (a jet that carries a Laplacian)."""
 
 
 class FourierTimeFeatures(nn.Module):
@@ -109,7 +111,7 @@ class _Trunk(nn.Module):
     def has_jet(self) -> bool:
         return self.activation in _DERIVATIVES
 
-    def jet(self, z: Tensor, J: Tensor, n_lap: int) -> tuple[Tensor, Tensor, Tensor]:
+    def jet(self, z: Tensor, J: Tensor, n_lap: int) -> tuple[Tensor, Tensor, Tensor | None]:
         r"""Forward Taylor-mode propagation at one input ``z`` of shape ``(n_in,)``.
 
         Carries the value, the Jacobian ``J`` (``(n_in, m)``: derivatives along ``m`` input
@@ -118,27 +120,33 @@ class _Trunk(nn.Module):
         them to :math:`(\sigma(y), \sigma'(y) J, \sigma'(y) L + \sigma''(y)
         \sum_{i \le n_{lap}} J_{:, i}^2)`. One pass, no nested autodiff: about half the
         matrix work of forward-over-reverse for a Laplacian (``benchmarks/bench_ops.py``).
+        With ``n_lap = 0`` no Laplacian is carried (one row less per layer) and ``L`` is
+        ``None``.
         """
         derivatives = _DERIVATIVES[self.activation]
-        L = torch.zeros_like(z)
+        L = torch.zeros_like(z) if n_lap else None
         # The directions are carried as rows, J^T (m, n_in), and multiplied from the right by
         # W^T: under vmap a batch of points then folds into one matrix product (B m, n_in) @
         # (n_in, n_out), where W @ J would become B small products (3-5x slower on CPU).
         Jt = J.T
 
-        def activate(layer: nn.Linear, z: Tensor, Jt: Tensor, L: Tensor):
+        def activate(layer: nn.Linear, z: Tensor, Jt: Tensor, L: Tensor | None):
             Wt = layer.weight.T
-            y, Jy, Ly = layer(z), Jt @ Wt, L @ Wt
-            a, d1, d2 = derivatives(y)
+            y, Jy = layer(z), Jt @ Wt
+            a, d1, d2 = derivatives(y, L is not None)
+            if L is None:
+                return a, d1 * Jy, None
             curvature = (Jy[:n_lap] ** 2).sum(0)
-            return a, d1 * Jy, d1 * Ly + d2 * curvature
+            return a, d1 * Jy, d1 * (L @ Wt) + d2 * curvature
 
         z, Jt, L = activate(self.input, z, Jt, L)
         for layer in self.hidden:
             a, Ja, La = activate(layer, z, Jt, L)
-            z, Jt, L = (z + a, Jt + Ja, L + La) if self.residual else (a, Ja, La)
+            if self.residual:
+                a, Ja, La = z + a, Jt + Ja, (L + La if L is not None else None)
+            z, Jt, L = a, Ja, La
         Wt = self.output.weight.T
-        return self.output(z), (Jt @ Wt).T, L @ Wt
+        return self.output(z), (Jt @ Wt).T, (L @ Wt if L is not None else None)
 
 
 class MLP(nn.Module):
@@ -207,7 +215,7 @@ class MLP(nn.Module):
         if not time:
             J = J[:, :d]
         value, jac, lap = self.trunk.jet(z, J, d if laplacian else 0)
-        return value, (jac[:, d] if time else None), jac[:, :d], (lap if laplacian else None)
+        return value, (jac[:, d] if time else None), jac[:, :d], lap
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if x.shape[-1] != self.dim:

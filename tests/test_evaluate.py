@@ -180,22 +180,74 @@ def test_a_spent_scoring_budget_leaves_samples_unscored_with_weight_zero() -> No
 
 
 def test_scoring_budget_ends_between_batches(monkeypatch) -> None:
-    """Batches begun before the deadline are solved; the ones after it come back unscored."""
+    """Batches solved before the deadline are kept; the ones after it come back unscored."""
     torch.manual_seed(0)
     residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
     calls = []
     drift = residual.dynamics()
 
-    def slow_field(*args, **kwargs):
+    def slow_batch(*args, **kwargs):
+        out = real(*args, **kwargs)
         calls.append(1)
         time.sleep(0.3)
-        return real(*args, **kwargs)
+        return out
 
     real = sampling.ode._solve_augmented
-    monkeypatch.setattr(sampling.ode, "_solve_augmented", slow_field)
+    monkeypatch.setattr(sampling.ode, "_solve_augmented", slow_batch)
     clock = sampling.ScoringClock.after(0.1)
     out = sampling.sample_ode(
         drift, 40, generator=torch.Generator().manual_seed(0), steps=2, batch_size=10, clock=clock
     )
     assert len(calls) == 1 and clock.unscored == 30
     assert torch.isfinite(out.x[:10]).all() and torch.isnan(out.x[10:]).all()
+
+
+def _slowed(field_maker, seconds: float, evaluations: list):
+    """``field_maker`` whose fields sleep ``seconds`` per evaluation, counted in ``evaluations``."""
+
+    def make(*args, **kwargs):
+        field = field_maker(*args, **kwargs)
+
+        def slow(*a):
+            evaluations.append(1)
+            time.sleep(seconds)
+            return field(*a)
+
+        return slow
+
+    return make
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_scoring_budget_stops_a_solve_under_way(monkeypatch, method: str) -> None:
+    """A batch whose solve outlasts the deadline stops at its next drift evaluation and comes
+    back unscored (NaN, counted): one slow batch cannot overrun the budget."""
+    torch.manual_seed(0)
+    residual = losses.logce(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    evaluations: list = []
+    slow = _slowed(sampling.ode._augmented_field, 0.02, evaluations)
+    monkeypatch.setattr(sampling.ode, "_augmented_field", slow)
+    clock = sampling.ScoringClock.after(0.3)
+    start = time.perf_counter()
+    out = sampling.sample_ode(  # 400 evaluations of 0.02 s with rk4 if nothing stopped it
+        residual.dynamics(), 30, generator=torch.Generator().manual_seed(0), steps=100,
+        method=method, clock=clock,
+    )  # fmt: skip
+    assert time.perf_counter() - start < 2.0 and len(evaluations) < 100
+    assert clock.unscored == 30 and torch.isnan(out.x).all() and torch.isnan(out.log_q).all()
+
+
+def test_scoring_budget_stops_an_sde_path_under_way(monkeypatch) -> None:
+    """An Euler-Maruyama run that outlasts the deadline stops at its next drift evaluation; all
+    its samples come back unscored."""
+    evaluations: list = []
+    monkeypatch.setattr(sampling.sde, "on_batch", _slowed(sampling.sde.on_batch, 0.02, evaluations))
+    residual = losses.logfp(Gaussian(mean=1.0, std=0.5, dim=2), net={"width": 8, "depth": 1})
+    clock = sampling.ScoringClock.after(0.3)
+    start = time.perf_counter()
+    out = sampling.sample_sde(
+        residual.dynamics(), 20, generator=torch.Generator().manual_seed(0), steps=500,
+        clock=clock,
+    )  # fmt: skip
+    assert time.perf_counter() - start < 2.0 and len(evaluations) < 100
+    assert clock.unscored == 20 and torch.isnan(out.x).all()

@@ -77,6 +77,7 @@ from pdesampler.sampling.options import (
     REFINEMENT_BUDGET,
     SamplingOptions,
     ScoringClock,
+    ScoringDeadlineError,
     resolve_dtype_device,
 )
 from pdesampler.sampling.results import SampleResult, SamplingOutput
@@ -91,6 +92,7 @@ __all__ = [
     "SamplingOptions",
     "SamplingOutput",
     "ScoringClock",
+    "ScoringDeadlineError",
     "log_density",
     "resolve_dtype_device",
     "sample",

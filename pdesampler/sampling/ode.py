@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -22,6 +23,8 @@ from pdesampler.ops import Exact, TraceEstimator, vector_jet
 from pdesampler.sampling.options import (
     FIXED_STEP_METHODS,
     SamplingOptions,
+    ScoringClock,
+    ScoringDeadlineError,
     check_count,
     draw_prior,
     prior_log_prob,
@@ -37,6 +40,7 @@ FIRST_STEP_FRACTION = 1e-3  # of the time span: the adaptive solvers' first step
 logger = logging.getLogger(__name__)
 
 State = tuple[Tensor, Tensor]
+T = TypeVar("T")
 
 
 def _draw_probes(estimator: TraceEstimator, n: int, d: int, dtype, device) -> Tensor:
@@ -58,16 +62,21 @@ def _probe_source(
 
 
 def _augmented_field(
-    dynamics: Dynamics, estimator: TraceEstimator, probes: Callable[[], Tensor]
+    dynamics: Dynamics,
+    estimator: TraceEstimator,
+    probes: Callable[[], Tensor],
+    clock: ScoringClock,
 ) -> Callable[[Tensor, State], State]:
     r"""The right-hand side :math:`(t, (x, \ell)) \mapsto (\mu_{ODE}(x, t),
     -\nabla\cdot\mu_{ODE}(x, t))` of the augmented ODE (Sun et al. eq. (64)) for one batch;
     ``probes()`` gives the trace probes of each evaluation (the same tensor each time for fixed
-    probes). With exact traces the dynamics' own ``flow_jet`` is used when it has one."""
+    probes). With exact traces the dynamics' own ``flow_jet`` is used when it has one. Every
+    evaluation first checks the ``clock`` (:class:`ScoringDeadlineError` past its deadline)."""
     use_own = dynamics.flow_jet is not None and isinstance(estimator, Exact)
     jet = dynamics.flow_jet if use_own else vector_jet(dynamics.flow_drift, estimator)
 
     def field(t: Tensor, state: State) -> State:
+        clock.check()
         x, v = state[0], probes()
         out = vmap(jet, in_dims=(0, 0, 0 if v.dim() == 3 else None))(
             x, t.expand(x.shape[0]).contiguous(), v
@@ -106,7 +115,7 @@ class Solver:
         b, d = x.shape
         estimator = self.options.estimator
         probes = _probe_source(estimator, self.options.fresh_probes, b, d, x.dtype, x.device)
-        return _augmented_field(self.dynamics, estimator, probes)
+        return _augmented_field(self.dynamics, estimator, probes, self.options.clock)
 
     def on_grid(self, start: State, method: str, refine: int = 1) -> State:
         """A fixed-step solve on the grid with each step cut into ``refine`` steps."""
@@ -170,6 +179,18 @@ def _solve_augmented(
     return xs[-1], ells[-1], xs[pos], grid[out_idx][pos]
 
 
+def _unless_late(clock: ScoringClock, n: int, solve: Callable[..., T], *args) -> T | None:
+    """``solve(*args)`` for a batch of ``n`` samples, or ``None`` (the ``n`` samples counted as
+    unscored) when the clock has run out before the batch begins or while it is solved."""
+    if clock.skip(n):
+        return None
+    try:
+        return solve(*args)
+    except ScoringDeadlineError:
+        clock.drop(n)
+        return None
+
+
 def sample_flow(
     dynamics: Dynamics, n: int, generator: torch.Generator, options: SamplingOptions
 ) -> SampleResult:
@@ -181,15 +202,16 @@ def sample_flow(
     x0 = draw_prior(dynamics.prior, n, generator, opts.dtype, opts.device)
     xs, log_qs, trajs, times = [], [], [], None
     for sl in opts.batches(n):
-        if opts.clock.skip(len(x0[sl])):
+        solved = _unless_late(
+            opts.clock, len(x0[sl]), _solve_augmented, dynamics, x0[sl],
+            prior_log_prob(dynamics.prior, x0[sl]), dynamics.t0, dynamics.t1, opts, indices,
+        )  # fmt: skip
+        if solved is None:
             xs.append(torch.full_like(x0[sl], torch.nan))
             log_qs.append(torch.full_like(x0[sl, 0], torch.nan))
             trajs.append(torch.full((len(indices), *x0[sl].shape), torch.nan).to(x0))
             continue
-        ell = prior_log_prob(dynamics.prior, x0[sl])
-        x, ell, traj, times = _solve_augmented(
-            dynamics, x0[sl], ell, dynamics.t0, dynamics.t1, opts, indices
-        )
+        x, ell, traj, times = solved
         xs.append(x)
         log_qs.append(ell)
         trajs.append(traj)
@@ -210,12 +232,14 @@ def flow_log_density(
     out = []
     for sl in opts.batches(x.shape[0]):
         x_start = x[sl]
-        if opts.clock.skip(len(x_start)):
+        ell_start = torch.zeros(x_start.shape[0], dtype=x.dtype, device=x.device)
+        solved = _unless_late(
+            opts.clock, len(x_start), _solve_augmented, dynamics, x_start, ell_start,
+            dynamics.t1, dynamics.t0, opts, [],
+        )  # fmt: skip
+        if solved is None:
             out.append(torch.full((len(x_start),), torch.nan, dtype=x.dtype, device=x.device))
             continue
-        ell_start = torch.zeros(x_start.shape[0], dtype=x.dtype, device=x.device)
-        x0, integral, _, _ = _solve_augmented(
-            dynamics, x_start, ell_start, dynamics.t1, dynamics.t0, opts, []
-        )
+        x0, integral, _, _ = solved
         out.append(prior_log_prob(dynamics.prior, x0) - integral)
     return torch.cat(out)

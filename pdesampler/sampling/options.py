@@ -25,6 +25,7 @@ __all__ = [
     "REFINEMENT_BUDGET",
     "SamplingOptions",
     "ScoringClock",
+    "ScoringDeadlineError",
     "resolve_dtype_device",
 ]
 
@@ -38,12 +39,18 @@ DEFAULT_BATCH_SIZE = 4096
 logger = logging.getLogger(__name__)
 
 
+class ScoringDeadlineError(Exception):
+    """The scoring clock ran out inside a solve (:meth:`ScoringClock.check`); the solve's
+    samples are unscored."""
+
+
 @dataclass
 class ScoringClock:
     """The wall-clock budget of the solves that share it: past its ``deadline``
-    (``time.perf_counter`` seconds, ``None``: none) a batch not begun comes back as NaN and
-    refinement of stray samples stops, leaving them non-finite. Those samples are counted in
-    ``unscored``; the evaluation gives them weight 0, as any failed sample."""
+    (``time.perf_counter`` seconds, ``None``: none) a batch not begun comes back as NaN, a
+    solve under way stops at its next drift evaluation (:meth:`check`) and its batch comes
+    back as NaN, and refinement of stray samples stops, leaving them non-finite. Those samples
+    are counted in ``unscored``; the evaluation gives them weight 0, as any failed sample."""
 
     deadline: float | None = None
     unscored: int = 0
@@ -58,13 +65,23 @@ class ScoringClock:
         """Whether the deadline has passed."""
         return self.deadline is not None and time.perf_counter() >= self.deadline
 
+    def check(self) -> None:
+        """Raise :class:`ScoringDeadlineError` past the deadline (called by every drift evaluation
+        of a solve, so that no solve outlasts the budget by more than one evaluation)."""
+        if self.expired():
+            raise ScoringDeadlineError
+
     def skip(self, n: int) -> bool:
         """Past the deadline: count ``n`` samples as unscored and return ``True``."""
         if n and self.expired():
-            self.unscored += n
-            logger.warning("scoring budget spent: %d samples left unscored", n)
+            self.drop(n)
             return True
         return False
+
+    def drop(self, n: int) -> None:
+        """Count ``n`` samples as unscored."""
+        self.unscored += n
+        logger.warning("scoring budget spent: %d samples left unscored", n)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from pdesampler.sampling.options import SamplingOptions
+from pdesampler.sampling.options import SamplingOptions, ScoringDeadlineError
 
 if TYPE_CHECKING:
     from pdesampler.sampling.ode import Solver
@@ -80,6 +80,9 @@ def recover_adaptive(solver: Solver, start: State) -> State:
         except AssertionError as err:
             logger.warning("%s gave up again on %d samples; they keep rk4 on a 2x finer grid "
                            "(%s)", opts.method, int(calm.sum()), err)  # fmt: skip
+        except ScoringDeadlineError:
+            logger.warning("the scoring budget ran out; %d samples keep rk4 on a 2x finer grid",
+                           int(calm.sum()))  # fmt: skip
     elif not stiff.any():
         logger.warning("no sample of the %d stands out on the rk4 grid; all keep rk4 on a 2x "
                        "finer grid", b)  # fmt: skip
@@ -101,7 +104,8 @@ def _refined(solver: Solver, start: State, coarse: State, method: str, n_batch: 
         return _stray_rows(xs[:, idx], ells[:, idx])
 
     todo = torch.ones(xs.shape[1], dtype=torch.bool, device=xs.device)
-    refine_until_finite(todo, n_batch, solve, method, solver.options)
+    if refine_until_finite(todo, n_batch, solve, method, solver.options):
+        xs[:, todo], ells[:, todo] = torch.nan, torch.nan  # unscored, not a coarse solution
     return xs, ells
 
 
@@ -111,25 +115,31 @@ def refine_until_finite(
     solve: Callable[[Tensor, int], Tensor],
     scheme: str,
     options: SamplingOptions,
-) -> None:
+) -> bool:
     """The refinement ladder shared by the ODE and SDE solvers: for each level of
     :data:`GRID_REFINEMENTS` within ``options.refine_budget`` grid solves of ``n_batch``
     samples, ``solve(rows, refine)`` solves the ``stray`` rows again on a grid ``refine`` times
     finer, keeps their result and returns which of them are still non-finite; ``stray`` is
-    updated in place. Past the deadline of ``options.clock`` the rest stay non-finite."""
+    updated in place. Returns whether the deadline of ``options.clock``, before a level or
+    during it, cut the ladder short: the rows still ``stray`` are then counted as unscored."""
     spent = 0
     for refine in GRID_REFINEMENTS:
         rows = stray.nonzero().squeeze(1)
         if options.clock.skip(len(rows)):
-            return
+            return True
         spent += refine * len(rows)
         if not _affordable(spent, len(rows), refine, n_batch, options.refine_budget):
-            return
-        stray[rows] = solve(rows, refine)
+            return False
+        try:
+            stray[rows] = solve(rows, refine)
+        except ScoringDeadlineError:
+            options.clock.drop(len(rows))
+            return True
         if not stray.any():
-            return
+            return False
     logger.warning("%d samples are non-finite even on a %dx finer %s grid",
                    int(stray.sum()), GRID_REFINEMENTS[-1], scheme)  # fmt: skip
+    return False
 
 
 def _affordable(spent: int, n_left: int, refine: int, n_batch: int, budget: int) -> bool:

@@ -17,6 +17,7 @@ from pdesampler.losses.base import Dynamics
 from pdesampler.losses.trajectory import path_log_ratio
 from pdesampler.sampling.options import (
     SamplingOptions,
+    ScoringDeadlineError,
     check_count,
     draw_prior,
     prior_log_prob,
@@ -95,10 +96,16 @@ def sample_paths(
     )
     x0 = draw_prior(dynamics.prior, n, generator, opts.dtype, opts.device)
     noise = BrownianNoise(generator, generator.get_state(), grid, n, x0.shape[1], opts.dtype)
-    x, log_q, saved = _em_path(dynamics, x0, noise, opts, indices)
-    stray = ~torch.isfinite(x).all(1)
-    if dynamics.reference is None and stray.any():
-        _refine_strays(dynamics, x0, stray, noise, opts, indices, x, saved)
+    try:
+        x, log_q, saved = _em_path(dynamics, x0, noise, opts, indices)
+    except ScoringDeadlineError:  # the budget ran out on the way: every sample unscored
+        opts.clock.drop(n)
+        x, saved = torch.full_like(x0, torch.nan), [torch.full_like(x0, torch.nan)] * len(indices)
+        log_q = None if dynamics.reference is None else torch.full_like(x0[:, 0], torch.nan)
+    else:
+        stray = ~torch.isfinite(x).all(1)
+        if dynamics.reference is None and stray.any():
+            _refine_strays(dynamics, x0, stray, noise, opts, indices, x, saved)
     if not indices:
         return SampleResult(x, log_q, x0)
     return SampleResult(x, log_q, x0, torch.stack(saved), grid[indices])
@@ -122,6 +129,7 @@ def _em_path(
     per_point = on_batch(dynamics.drift)
 
     def drift(x: Tensor, t: Tensor) -> Tensor:
+        options.clock.check()
         return torch.cat([per_point(x[sl], t) for sl in options.batches(x.shape[0])])
 
     def record(step: Step) -> Tensor:
