@@ -82,7 +82,7 @@ def evaluate(
     method: str = "auto",
     steps: int = 100,
     sde_steps: int = 500,
-    batch_size: int = 10_000,
+    batch_size: int = 1_000,
     trace: str = "exact",
     sinkhorn_blur: float = 0.05,
     sinkhorn_max_samples: int = 10_000,
@@ -99,7 +99,8 @@ def evaluate(
     ``max_seconds`` bounds the ODE/SDE solves of the sampling and the NLL together (a
     :class:`~pdesampler.sampling.ScoringClock`): samples not solved by then are unscored,
     counted in ``n_unscored`` (``n_unscored_nll`` for the NLL's exact samples) and, as failed
-    samples, given weight 0 in log Z and ESS. Samples that blow up get finer grids within
+    samples, given weight 0 in log Z and ESS; a batch of ``batch_size`` samples still being
+    solved at the deadline is unscored as a whole. Samples that blow up get finer grids within
     ``refine_budget`` grid solves of the batch (:mod:`pdesampler.sampling.refine`).
     """
     positive = {"n_samples": n_samples, "steps": steps, "sde_steps": sde_steps,
