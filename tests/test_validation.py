@@ -95,6 +95,7 @@ def test_non_finite_loss_names_the_target_as_cause() -> None:
         )
     message = str(info.value)
     assert "3 consecutive non-finite losses" in message
+    assert "lower optim.lr," in message  # a config key that exists
     assert "the target is the cause: HalfNaN.log_prob is not finite at" in message
     assert "points of the last collocation batch, e.g. log_prob([" in message
 

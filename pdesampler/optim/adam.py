@@ -226,7 +226,7 @@ class _AdamPhase:
             if self.bad_in_a_row >= self.cfg.nan_patience:
                 raise NonFiniteLossError(
                     f"{self.bad_in_a_row} consecutive non-finite losses/gradients at Adam step "
-                    f"{self.result.steps}; lower optim.adam.lr, tighten the collocation box or clip"
+                    f"{self.result.steps}; lower optim.lr, tighten the collocation box or clip"
                 )
             return None
         self.bad_in_a_row = 0
