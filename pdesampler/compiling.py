@@ -84,7 +84,8 @@ class CompiledOrEager:
         try:
             return self._compiled(*args, **kwargs)
         except Exception as err:  # any compiler failure: run eagerly instead
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = " ".join(lines[:2] or [type(err).__name__])[:240]  # inductor: "raised:" + why
         log.warning("torch.compile cannot compile %s (%s); running it eagerly", self.name, reason)
         self._compiled = None
         _release_leaked_transforms(level)

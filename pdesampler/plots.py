@@ -44,7 +44,8 @@ def _marginal(ax, samples: np.ndarray, exact: np.ndarray | None, bins: int = 80)
     finite = samples[np.isfinite(samples)]
     lo, hi = _range(finite, *([exact] if exact is not None else []))
     edges = np.linspace(lo, hi, bins + 1)
-    ax.hist(finite, bins=edges, density=True, alpha=0.6, color="tab:blue", label="model")
+    if finite.size:  # a density of no samples is 0 / 0
+        ax.hist(finite, bins=edges, density=True, alpha=0.6, color="tab:blue", label="model")
     if finite.size < samples.size:
         ax.set_title(f"{samples.size - finite.size} model samples NaN/Inf", fontsize=8)
     if exact is not None:

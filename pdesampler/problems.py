@@ -6,7 +6,8 @@ The configs ship inside the package (``pdesampler/configs/``, :data:`CONFIG_DIR`
 
 One YAML per problem in ``configs/problem/<name>.yaml`` holds the target's config name, the
 collocation (kind, prior box width, sampler options), the network size, the trace estimator of
-the residual (``exact`` or ``hutchinson``), the learning rates and the batch size.
+the residual (``exact`` or ``hutchinson``), the learning rates and the batch size. Adam's peak
+rate ``lr`` is a number or a table of budgets (:func:`peak_rate`).
 ``configs/problem/default.yaml`` is the rule for a target without a preset; a preset overrides
 it key by key. The app loads the preset of the chosen target by itself (``target=mw5`` alone
 gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose the target as well.
@@ -15,7 +16,7 @@ gets it), and :func:`problem_overrides` lets ``problem=mw5`` alone choose the ta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "CONFIG_DIR",
     "PROBLEM_DIR",
     "compose_run",
+    "peak_rate",
     "problem_names",
     "problem_overrides",
     "problem_settings",
@@ -34,6 +36,35 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROBLEM_DIR = CONFIG_DIR / "problem"
 DEFAULT_RULE = "default"
+
+
+def peak_rate(rates: float | Mapping[int, float], budget: float | None) -> float:
+    r"""Adam's peak learning rate for a wall-clock budget of ``budget`` seconds.
+
+    ``rates`` is a rate, or a table ``{seconds: rate}``: the rate of the largest budget in the
+    table that ``budget`` reaches (the smallest entry's rate below it). A run with no budget
+    (``budget=None``, a step count instead) takes the largest entry's rate. The best peak rate
+    falls as the budget grows (docs/results/bench_schedule.md), so a preset tuned at several
+    budgets keeps each rate where it won. The configs call it as the resolver
+    ``${peak_rate:${problem.lr},${optim.max_seconds}}``.
+    """
+    given = dict(rates) if isinstance(rates, Mapping) else rates
+    try:
+        pairs = given.items() if isinstance(given, dict) else [(0.0, given)]
+        table = sorted((float(seconds), float(rate)) for seconds, rate in pairs)
+    except (TypeError, ValueError):
+        table = []
+    if not table:
+        raise ValueError(
+            f"problem.lr: expected a rate or a table {{seconds: rate}} of numbers, got {given!r}"
+        )
+    if budget is None:
+        return table[-1][1]
+    reached = [rate for seconds, rate in table if seconds <= float(budget)]
+    return reached[-1] if reached else table[0][1]
+
+
+OmegaConf.register_new_resolver("peak_rate", peak_rate, replace=True)
 
 
 def problem_names() -> list[str]:
@@ -58,8 +89,9 @@ def problem_settings(name: str) -> dict[str, Any]:
     A name without a preset gets the default rule with ``target=name``. Returns ``{"target",
     "collocation" (a kind for :func:`pdesampler.collocation.make_collocation`),
     "collocation_options" (its keyword arguments: ``prior_box_width`` and the sampler's options),
-    "net": {"width", "depth", "input_scale"}, "trace", "lr", "lr_final", "schedule", "warmup",
-    "finetune", "batch_size"}``.
+    "net": {"width", "depth", "input_scale"}, "trace", "lr" (a rate, or a table
+    ``{seconds: rate}`` for :func:`peak_rate`), "lr_final", "schedule", "warmup", "finetune",
+    "batch_size"}``.
     """
     if not name or "/" in name:
         raise ValueError(f"problem name must be a config name like 'mw5', got {name!r}")

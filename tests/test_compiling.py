@@ -192,6 +192,21 @@ def test_a_transform_left_active_by_a_failed_compile_stops_with_a_message() -> N
     assert torch._C._functorch.maybe_current_level() is None
 
 
+def test_the_fallback_warning_gives_the_compilers_reason(caplog) -> None:
+    """Inductor's errors read "backend='inductor' raised:" on the first line and the reason on
+    the next: the warning carries both."""
+
+    def fails_to_compile(*args):
+        raise RuntimeError("backend='inductor' raised:\nCppCompileError: C++ compile error")
+
+    compiled = CompiledOrEager(torch.sin, "sin")
+    compiled._compiled = fails_to_compile
+    with caplog.at_level(logging.WARNING, logger="pdesampler.compiling"):
+        assert torch.equal(compiled(torch.ones(3)), torch.sin(torch.ones(3)))
+    (record,) = [r for r in caplog.records if "running it eagerly" in r.message]
+    assert "raised: CppCompileError: C++ compile error" in record.getMessage()
+
+
 def test_error_of_the_function_itself_is_raised() -> None:
     def broken(x: torch.Tensor) -> torch.Tensor:
         return x @ torch.ones(3)  # shape error, eager or compiled

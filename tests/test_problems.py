@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from pdesampler.collocation import collocation_target_box, make_collocation, prior_box
 from pdesampler.losses import logce
-from pdesampler.problems import problem_names, problem_overrides, problem_settings
+from pdesampler.problems import peak_rate, problem_names, problem_overrides, problem_settings
 from pdesampler.runner import collocation_settings, run_collocation
 from pdesampler.targets import GMM9, Gaussian, ManyWell
 
@@ -43,7 +43,7 @@ def test_problem_settings_returns_the_tuned_values_as_plain_python() -> None:
         "collocation_options": {"prior_box_width": 3.0},
         "net": {"width": 128, "depth": 3, "input_scale": 1.0},
         "trace": "exact",
-        "lr": 3e-2,
+        "lr": {0: 3e-2, 600: 1e-2},
         "lr_final": 1e-4,
         "schedule": "exponential",
         "warmup": 0.0,
@@ -114,7 +114,38 @@ def test_the_app_composes_presets_and_command_line_choices_win(
     assert cfg.collocation.kind == kind
     assert cfg.collocation.prior_box_width == width
     assert cfg.batch_size == batch
-    assert cfg.net.width == 128 and cfg.optim.lr == cfg.problem.lr  # the preset's rate
+    assert cfg.net.width == 128
+    assert cfg.optim.lr == peak_rate(cfg.problem.lr, None)  # the preset's rate without a budget
+
+
+def test_the_peak_rate_is_the_rate_of_the_largest_budget_reached() -> None:
+    table = {0: 3e-2, 240: 1e-2, 600: 3e-3}
+    assert peak_rate(5e-3, 120.0) == 5e-3 and peak_rate(5e-3, None) == 5e-3
+    assert peak_rate(table, 120.0) == 3e-2
+    assert peak_rate(table, 239.9) == 3e-2 and peak_rate(table, 240.0) == 1e-2
+    assert peak_rate(table, 599.0) == 1e-2 and peak_rate(table, 1e4) == 3e-3
+    assert peak_rate(table, None) == 3e-3  # a step-counted run: the longest budget's rate
+    assert peak_rate({60: 1e-2, 300: 1e-3}, 10.0) == 1e-2  # below the table: its first rate
+    for bad in ({}, {"soon": 1e-2}, {0: "fast"}, "fast"):
+        with pytest.raises(ValueError, match=r"problem\.lr: expected a rate or a table"):
+            peak_rate(bad, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        (["problem=gmm9", "optim.max_seconds=120"], 3e-2),
+        (["problem=gmm9", "optim.max_seconds=240"], 1e-2),
+        (["problem=gmm9"], 1e-2),  # no budget: the default 2000 steps
+        (["problem=mw5", "optim.max_seconds=300"], 3e-2),
+        (["problem=mw5", "optim.max_seconds=600"], 1e-2),
+        (["problem=mw5", "optim=adam_gn", "optim.max_seconds=600"], 1e-2),
+        (["problem=gmm9", "optim.max_seconds=600", "optim.lr=3e-3"], 3e-3),  # the CLI wins
+        (["problem=gmm9", "problem.lr=3e-3"], 3e-3),
+    ],
+)
+def test_the_preset_picks_its_peak_rate_by_the_budget(overrides: list[str], lr: float) -> None:
+    assert composed(*overrides).optim.lr == lr
 
 
 @pytest.mark.parametrize("problem", ["gmm9", "mw5", "fab_mw8"])
@@ -269,3 +300,5 @@ def test_every_field_row_composes_and_logce_starts_log_z_at_the_prior_estimate()
         cfg = composed(*run["overrides"])
         if run["method"] == "logce":
             assert (cfg.loss.get("log_z_init") == "prior") == (run["name"] in far_from_zero)
+        # DIS on the funnel trains in float64: its first gradients overflow float32
+        assert (cfg.dtype == "float64") == (run["name"] == "funnel_dis_lv")

@@ -32,6 +32,7 @@ from pdesampler.losses.trajectory import (
     BrownianReference,
     TrajectoryLoss,
     VPReference,
+    dis_lv,
     pis_kl,
     pis_lv,
 )
@@ -129,6 +130,21 @@ def test_path_weights_are_unbiased_for_z_with_any_control(reference):
     assert abs(ratio - 1) < 4 * stderr
 
 
+def test_log_variance_stays_finite_where_float32_squares_overflow():
+    """A float32 DIS whose log-weights are about -1e22 (a target of standard deviation 1e-11,
+    as paths into a funnel's neck): their variance, about 1e44, is past float32's range, yet
+    the loss and its gradient are finite."""
+    torch.manual_seed(0)
+    loss = dis_lv(Gaussian(0.0, 1e-11, dim=DIM), steps=10)
+    value, _ = loss.path_loss(64, torch.Generator().manual_seed(0))
+    _, log_w = loss.simulate(64, torch.Generator().manual_seed(0), detach=True)
+    assert log_w.dtype == torch.float32 and log_w.abs().min() > 1e20
+    assert math.isfinite(float(value.detach())) and float(value.detach()) > 1e40
+    value.backward()
+    grads = [p.grad for p in loss.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 def test_sampling_weights_match_the_training_simulation():
     """sampling.sample (through Dynamics) and TrajectoryLoss.simulate give the same log w for
     the same noise, so evaluate's ESS and log Z are those of the trained paths."""
@@ -196,8 +212,8 @@ def test_suites_run_every_baseline_beside_its_published_row() -> None:
     problems = {"gmm9": "GMM d=2", "mw5": "MW 5/5/4", "mw50": "MW 50/5/2"}
     expected = {
         "paper": {(t, m) for t in problems for m in BASELINES},
-        # the main job, bounded to 15 minutes: both baselines on GMM-9, PIS on MW 5/5/4
-        "quick": {("gmm9", "pis_lv"), ("gmm9", "dis_lv"), ("mw5", "pis_lv")},
+        # the main job, bounded to 15 minutes: PIS on GMM-9, DIS on MW 5/5/4
+        "quick": {("gmm9", "pis_lv"), ("mw5", "dis_lv")},
     }
     for suite, want in expected.items():
         runs = OmegaConf.load(root / f"{suite}.yaml").suite.runs

@@ -312,7 +312,9 @@ class TrajectoryLoss(Trainable):
         r"""The training loss on ``n`` fresh paths and, for logging, the mean of
         :math:`\log w` (a lower bound on :math:`\log Z`)."""
         _, log_w = self.simulate(n, generator, detach=self.divergence == "lv")
-        loss = -log_w.mean() if self.divergence == "kl" else log_w.var()
+        # the variance in float64: log-weights of -5e22 (paths into a funnel's neck at the
+        # start) square past float32's range, while their gradient stays inside it
+        loss = -log_w.mean() if self.divergence == "kl" else log_w.double().var()
         return loss, {self.divergence: loss.detach(), "log_w": log_w.mean().detach()}
 
     def log_z_estimate(self) -> float | None:
