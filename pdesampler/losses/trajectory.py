@@ -313,7 +313,7 @@ class TrajectoryLoss(Trainable):
         :math:`\log w` (a lower bound on :math:`\log Z`)."""
         _, log_w = self.simulate(n, generator, detach=self.divergence == "lv")
         # the variance in float64: log-weights of -5e22 (paths into a funnel's neck at the
-        # start) square past float32's range, while their gradient stays inside it
+        # start) square past float32's range; their gradient, 2 (log w - mean) / (n - 1), fits
         loss = -log_w.mean() if self.divergence == "kl" else log_w.double().var()
         return loss, {self.divergence: loss.detach(), "log_w": log_w.mean().detach()}
 
