@@ -215,7 +215,7 @@ def write_suite_outputs(
         group = [row for row in rows if row["table"] == table]
         sections.append(f"### {title}\n\n{table_markdown(group, columns)}")
     intro = (
-        f"Suite `{suite.name}` (scale `{scale}`), {len(rows)} runs, {_hardware()}, "
+        f"Suite `{suite.name}` (scale `{scale}`), {len(rows)} runs, {_hardware(root, rows)}, "
         f"{time.strftime('%Y-%m-%d')}. Cells: ours / published (better|worse)."
     )
     text = intro + "\n\n" + "\n\n".join(sections) + "\n"
@@ -225,10 +225,16 @@ def write_suite_outputs(
         _suite_figures(suite, root, rows, metrics)
 
 
-def _hardware() -> str:
+def _hardware(root: Path, rows: list[dict[str, Any]]) -> str:
+    """The device, and on CPU the torch threads each run used (from the runs' saved configs:
+    the suite's own process may have more)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    configs = [root / row["dir"] / "config.yaml" for row in rows]
+    threads = {OmegaConf.load(c).get("threads") for c in configs if c.exists()}
+    threads = sorted(threads - {None}) or [torch.get_num_threads()]
+    counts = "-".join(str(t) for t in dict.fromkeys([threads[0], threads[-1]]))
+    return f"CPU ({counts} torch thread{'s' if threads[-1] > 1 else ''} per run)"
 
 
 def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], metrics) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from pdesampler.losses import CATALOGUE
 from pdesampler.runner import REQUIRED_METRICS
@@ -60,7 +61,10 @@ def test_smoke_suite_end_to_end_and_every_entry_has_finite_metrics(tmp_path: Pat
     for row in rows:
         for key in ("dlogZ", "w2", "ess", "dstd", "energy_distance"):
             assert row[key] is not None and math.isfinite(row[key]), (row["run"], key)
-    assert "logce" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "logce" in table
+    threads = OmegaConf.load(tmp_path / rows[0]["dir"] / "config.yaml").threads
+    assert f"CPU ({threads} torch thread" in table  # what the runs used, not the suite process
 
 
 def test_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
