@@ -233,8 +233,9 @@ def _hardware(root: Path, rows: list[dict[str, Any]]) -> str:
     configs = [root / row["dir"] / "config.yaml" for row in rows]
     threads = {OmegaConf.load(c).get("threads") for c in configs if c.exists()}
     threads = sorted(threads - {None}) or [torch.get_num_threads()]
-    counts = "-".join(str(t) for t in dict.fromkeys([threads[0], threads[-1]]))
-    return f"CPU ({counts} torch thread{'s' if threads[-1] > 1 else ''} per run)"
+    low, high = threads[0], threads[-1]
+    counts = str(low) if low == high else f"{low}-{high}"
+    return f"CPU ({counts} torch thread{'s' if high > 1 else ''} per run)"
 
 
 def _suite_figures(suite: DictConfig, root: Path, rows: list[dict[str, Any]], metrics) -> None:
