@@ -48,15 +48,14 @@ def peak_rate(rates: float | Mapping[int, float], budget: float | None) -> float
     budgets keeps each rate where it won. The configs call it as the resolver
     ``${peak_rate:${problem.lr},${optim.max_seconds}}``.
     """
-    given = dict(rates) if isinstance(rates, Mapping) else rates
+    pairs = rates.items() if isinstance(rates, Mapping) else [(0.0, rates)]
     try:
-        pairs = given.items() if isinstance(given, dict) else [(0.0, given)]
         table = sorted((float(seconds), float(rate)) for seconds, rate in pairs)
     except (TypeError, ValueError):
         table = []
     if not table:
         raise ValueError(
-            f"problem.lr: expected a rate or a table {{seconds: rate}} of numbers, got {given!r}"
+            f"problem.lr: expected a rate or a table {{seconds: rate}} of numbers, got {rates!r}"
         )
     if budget is None:
         return table[-1][1]
