@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pdesampler.launch import LAUNCHERS, LOCKED_EXIT, RunJob, is_locked, launch_
 from pdesampler.published import published_row
 from pdesampler.report import METRICS_FILE, run_line, write_suite_outputs
 from pdesampler.runner import is_complete
+from pdesampler.suite_forecast import SuiteForecast
 
 __all__ = ["collect", "load_suite", "run_dir_name", "run_suite", "suite_seeds"]
 
@@ -71,9 +73,10 @@ def run_suite(cfg: DictConfig, base_overrides: Sequence[str] = ()) -> list[dict[
     todo, busy = _pending(cfg, root, selected, base_overrides)
     print(f"suite {suite.name}: {len(todo)} run(s) to do with launcher={launcher}", file=sys.stderr)
     slurm = OmegaConf.to_container(suite.slurm) if suite.get("slurm") else None
-    bar = tqdm(total=len(todo), unit="run", desc=f"suite {suite.name}", disable=not todo)
+    forecast = _forecast(todo, launcher, int(n_parallel))
+    bar = _suite_bar(suite.name, len(todo), forecast)
     outcome = launch_all(
-        todo, launcher, int(n_parallel), root / ".submitit", slurm, on_done=_reporter(bar)
+        todo, launcher, int(n_parallel), root / ".submitit", slurm, on_done=_reporter(bar, forecast)
     )
     bar.close()
     busy += [name for name, code in outcome.items() if code == LOCKED_EXIT]
@@ -121,10 +124,31 @@ def _pending(
     return ([] if suite.get("collect_only") else todo), busy
 
 
-def _reporter(bar: tqdm) -> Callable[[RunJob, int | str], None]:
-    """The line printed as each run ends (:func:`run_line`), above the suite's bar."""
+def _forecast(todo: list[RunJob], launcher: str, slots: int) -> SuiteForecast | None:
+    """The suite's expected end, for local runs that all have a training budget."""
+    forecast = SuiteForecast(todo, slots, time.time()) if launcher == "local" else None
+    return forecast if forecast is not None and forecast.describe() else None
+
+
+def _suite_bar(name: str, total: int, forecast: SuiteForecast | None) -> tqdm:
+    """The suite's bar: runs done, time elapsed and, with a forecast, the expected end in place
+    of tqdm's runs-left-times-seconds-per-run estimate."""
+    if not total or forecast is None:
+        return tqdm(total=total, unit="run", desc=f"suite {name}", disable=not total)
+    bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]"  # postfix: ", ..."
+    bar = tqdm(total=total, desc=f"suite {name}", bar_format=bar_format)
+    bar.set_postfix_str(forecast.describe())
+    return bar
+
+
+def _reporter(bar: tqdm, forecast: SuiteForecast | None) -> Callable[[RunJob, int | str], None]:
+    """The line printed as each run ends (:func:`run_line`), above the suite's bar, which then
+    gives the suite's new expected end."""
 
     def report(job: RunJob, outcome: int | str) -> None:
+        if forecast is not None:
+            forecast.finished(job.name, time.time())
+            bar.set_postfix_str(forecast.describe(), refresh=False)
         path = job.out_dir / METRICS_FILE
         if outcome == 0 and path.exists():
             bar.write(run_line(job.name, json.loads(path.read_text())), file=sys.stderr)

@@ -18,10 +18,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from pdesampler.launch import RunLockedError, is_locked, run_lock
+from pdesampler.launch import RunJob, RunLockedError, is_locked, run_lock
 from pdesampler.report import run_line, table_markdown
 from pdesampler.runner import run_experiment
 from pdesampler.suite import collect, run_suite
+from pdesampler.suite_forecast import SuiteForecast, training_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -96,8 +97,11 @@ def suite_config(results: Path, *overrides: str):
 def test_two_runs_at_a_time_each_with_its_share_of_the_cores(tmp_path, launcher, capsys):
     results = tmp_path / "results"
     cfg = suite_config(results, f"suite.launcher={launcher}", "suite.jobs=2")
+    if launcher == "local":  # with a budget on every run, the bar gives the expected end
+        cfg.suite.common.append("optim.max_seconds=60")
     rows = run_suite(cfg)
     printed = capsys.readouterr().err
+    assert ("ends about" in printed) == (launcher == "local"), printed
     for name in ("logce", "linear"):  # one line per finished run, as it ends
         line = rf"(^|\r){name}  train \d+ s  score \d+ s  ESS \S+  dlogZ \S+"  # after the bar's \r
         assert re.search(line, printed, re.M), printed
@@ -246,3 +250,29 @@ def test_a_finished_run_is_one_line() -> None:
     )
     line = run_line("mw5_gradflow", {**metrics, "n_modes": None, "n_unscored": 37, "ess": None})
     assert line.endswith("ESS -  dlogZ 0.0042  unscored 37")
+
+
+def test_the_forecast_follows_two_slots_and_the_measured_overhead() -> None:
+    """Budgets 500, 240, 240, 240 on two slots from t = 0, with 40 s of overhead a run: the
+    long run ends at 540; the 240 s runs at 280, 560 (second on the free slot) and 820 (after
+    the long one). When the first short run ends at 300 instead, the overhead becomes 60 and
+    every later end moves by the measured overhead, not by a rate of runs per second."""
+    jobs = [
+        RunJob(f"r{i}", ("loss=logce", f"optim.max_seconds={b}"), Path(f"r{i}"))
+        for i, b in enumerate((500, 240, 240, 240))
+    ]
+    forecast = SuiteForecast(jobs, slots=2, start=0.0, overhead=40.0)
+    assert forecast.end(now=0.0) == pytest.approx(820.0)
+    forecast.finished("r1", 300.0)
+    # r0: 0 + 500 + 60 = 560; r2: 300 + 300 = 600; r3 on r0's slot: 560 + 300 = 860
+    assert forecast.end(now=300.0) == pytest.approx(860.0)
+    # a run past its expected end is expected to end now, not in the past
+    assert forecast.end(now=900.0) == pytest.approx(900.0 + 300.0)
+    assert forecast.describe(now=300.0).startswith("ends about ")
+
+
+def test_no_forecast_without_a_budget() -> None:
+    jobs = [RunJob("a", ("optim.max_seconds=60",), Path("a")), RunJob("b", (), Path("b"))]
+    assert training_budget(jobs[0]) == 60.0 and training_budget(jobs[1]) is None
+    assert SuiteForecast(jobs, slots=2, start=0.0).end(now=0.0) is None
+    assert SuiteForecast(jobs, slots=2, start=0.0).describe(now=0.0) == ""
