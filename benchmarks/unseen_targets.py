@@ -1,5 +1,6 @@
-r"""Three 2-D targets that no preset was tuned on, for checking the default rule
-(``benchmarks/bench_default_rule.py``). Each is normalized (``log_Z = 0``) with exact samples.
+r"""2-D targets that no preset was tuned on, for checking the default rule with
+``benchmarks/bench_schedule.py``. Each is normalized (``log_Z = 0``) with exact samples. The
+rule's check:
 
 * :class:`RotatedMixture`: four anisotropic Gaussians (standard deviations 1.2 and 0.3, so a
   4:1 aspect) at the corners of a 6 x 3 rectangle, with weights 0.4, 0.3, 0.2, 0.1, the whole
@@ -10,6 +11,14 @@ r"""Three 2-D targets that no preset was tuned on, for checking the default rule
   :math:`y_2 \sim \mathcal N(0, 1)`, :math:`\sigma = 2`, :math:`b = 0.3` (unit Jacobian).
 * :class:`Funnel2D`: Neal's funnel in two dimensions, :math:`x_0 \sim \mathcal N(0, \sigma^2)`,
   :math:`x_1 \mid x_0 \sim \mathcal N(0, e^{x_0})`, with :math:`\sigma = 2`.
+
+Two more are kept apart from every choice made on the three above, to confirm such a choice
+(the collocation of the default rule, docs/results/bench_schedule.md):
+
+* :class:`CircleMixture`: six isotropic Gaussians (standard deviation 0.4) on a circle of
+  radius 4, with weights 0.30, 0.25, 0.15, 0.12, 0.10, 0.08.
+* :class:`SineWave`: :math:`x_0 \sim \mathcal N(0, 1.5^2)`, :math:`x_1 \mid x_0 \sim
+  \mathcal N(2\sin(1.5\,x_0), 0.4^2)`.
 
 Use one from the command line (run from the repository root; ``benchmarks/`` is on the path of
 ``benchmarks/run.py``): ``python benchmarks/run.py target._target_=unseen_targets.Banana``.
@@ -24,7 +33,7 @@ from torch import Tensor
 
 from pdesampler.targets import GaussianMixture, Target
 
-__all__ = ["Banana", "Funnel2D", "RotatedMixture"]
+__all__ = ["Banana", "CircleMixture", "Funnel2D", "RotatedMixture", "SineWave"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -107,3 +116,41 @@ class Funnel2D(Target):
         y = torch.randn(n, 2, generator=generator, dtype=torch.float64)
         x0 = self.sigma * y[:, 0]
         return torch.stack([x0, (x0 / 2).exp() * y[:, 1]], dim=1)
+
+
+class CircleMixture(GaussianMixture):
+    """Six Gaussians of unequal weight on a circle (module docstring)."""
+
+    def __init__(self) -> None:
+        angles = torch.arange(6, dtype=torch.float64) * (2 * math.pi / 6)
+        means = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+        super().__init__(means, 0.4, weights=[0.30, 0.25, 0.15, 0.12, 0.10, 0.08])
+
+
+class SineWave(Target):
+    """A Gaussian ridge along a sine (module docstring)."""
+
+    def __init__(self, sigma: float = 1.5, amplitude: float = 2.0, frequency: float = 1.5,
+                 width: float = 0.4) -> None:  # fmt: skip
+        self.sigma, self.amplitude = float(sigma), float(amplitude)
+        self.frequency, self.width = float(frequency), float(width)
+        reach = amplitude + 5 * width
+        super().__init__(2, (torch.tensor([-5 * sigma, -reach]), torch.tensor([5 * sigma, reach])))
+        self.log_Z = 0.0
+        # Var(x1) = A^2 E[sin^2(f x0)] + w^2 = A^2 (1 - e^{-2 f^2 sigma^2}) / 2 + w^2
+        var1 = amplitude**2 * (1 - math.exp(-2 * (frequency * sigma) ** 2)) / 2 + width**2
+        self.stddevs = torch.tensor([sigma, math.sqrt(var1)], dtype=torch.float64)
+
+    def _ridge(self, x0: Tensor) -> Tensor:
+        return self.amplitude * torch.sin(self.frequency * x0)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        x0 = x[:, 0]
+        return _normal_log_prob(x0, self.sigma) + _normal_log_prob(
+            x[:, 1] - self._ridge(x0), self.width
+        )
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        y = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        x0 = self.sigma * y[:, 0]
+        return torch.stack([x0, self._ridge(x0) + self.width * y[:, 1]], dim=1)

@@ -1,5 +1,5 @@
-"""The default rule's check targets (``benchmarks/unseen_targets.py``): normalized densities
-whose exact samples have the stated standard deviations."""
+"""The default rule's check targets and the two kept apart (``benchmarks/unseen_targets.py``):
+normalized densities whose exact samples have the stated standard deviations."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from unseen_targets import Banana, Funnel2D, RotatedMixture
+from unseen_targets import Banana, CircleMixture, Funnel2D, RotatedMixture, SineWave
 
 from pdesampler.losses.validate import validate_target
 
 
-@pytest.mark.parametrize("cls", [RotatedMixture, Banana, Funnel2D])
+@pytest.mark.parametrize("cls", [RotatedMixture, Banana, Funnel2D, CircleMixture, SineWave])
 def test_unseen_targets_are_normalized_and_sample_their_density(cls) -> None:
     target = cls().double()
     validate_target(target)
