@@ -126,8 +126,10 @@ def _pending(
 
 def _forecast(todo: list[RunJob], launcher: str, slots: int) -> SuiteForecast | None:
     """The suite's expected end, for local runs that all have a training budget."""
-    forecast = SuiteForecast(todo, slots, time.time()) if launcher == "local" else None
-    return forecast if forecast is not None and forecast.describe() else None
+    if launcher != "local":
+        return None
+    forecast = SuiteForecast(todo, slots, time.time())
+    return forecast if forecast.has_budgets else None
 
 
 def _suite_bar(name: str, total: int, forecast: SuiteForecast | None) -> tqdm:
@@ -147,7 +149,7 @@ def _reporter(bar: tqdm, forecast: SuiteForecast | None) -> Callable[[RunJob, in
 
     def report(job: RunJob, outcome: int | str) -> None:
         if forecast is not None:
-            forecast.finished(job.name, time.time())
+            forecast.finished(job.name, time.time(), completed=is_complete(job.out_dir))
             bar.set_postfix_str(forecast.describe(), refresh=False)
         path = job.out_dir / METRICS_FILE
         if outcome == 0 and path.exists():

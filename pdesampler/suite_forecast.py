@@ -43,20 +43,29 @@ class SuiteForecast:
         self.names = [job.name for job in jobs]
         self.slots, self.start, self.default_overhead = slots, start, overhead
         self.ended: dict[str, float] = {}
+        self.measured: set[str] = set()  # the runs that trained and scored in full
 
-    def finished(self, name: str, when: float) -> None:
-        """Record that the run ``name`` ended at ``when``."""
+    @property
+    def has_budgets(self) -> bool:
+        """Whether every run has a training budget (else there is no forecast)."""
+        return None not in self.budgets
+
+    def finished(self, name: str, when: float, completed: bool = True) -> None:
+        """Record that the run ``name`` ended at ``when``. A run that failed or ran elsewhere
+        (``completed=False``) frees its slot but says nothing about the overhead."""
         self.ended[name] = when
+        if completed:
+            self.measured.add(name)
 
     def end(self, now: float) -> float | None:
         """The expected end of the last run, or ``None`` when a run has no training budget."""
-        if any(budget is None for budget in self.budgets):
+        if not self.has_budgets:
             return None
         starts, _ = self._schedule(self.default_overhead, now)
         spent = [
             self.ended[name] - begin - budget
             for name, begin, budget in zip(self.names, starts, self.budgets, strict=True)
-            if name in self.ended
+            if name in self.measured
         ]
         overhead = sum(spent) / len(spent) if spent else self.default_overhead
         return self._schedule(max(overhead, 0.0), now)[1]

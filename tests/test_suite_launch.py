@@ -269,6 +269,10 @@ def test_the_forecast_follows_two_slots_and_the_measured_overhead() -> None:
     # a run past its expected end is expected to end now, not in the past
     assert forecast.end(now=900.0) == pytest.approx(900.0 + 300.0)
     assert forecast.describe(now=300.0).startswith("ends about ")
+    # a run that failed at once frees its slot but leaves the measured overhead as it was
+    forecast.finished("r0", 5.0, completed=False)
+    # r2: 300 + 300 = 600 (from r1's end); r3 on r0's freed slot: 5 + 300, but not before now
+    assert forecast.end(now=300.0) == pytest.approx(600.0)
 
 
 def test_no_forecast_without_a_budget() -> None:
