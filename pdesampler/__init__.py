@@ -10,7 +10,7 @@ The short API::
     print(evaluate(residual).metrics)
 """
 
-from pdesampler import losses, targets
+from pdesampler import losses, problems, targets  # problems: the configs' resolvers
 from pdesampler.evaluate import Evaluation, evaluate
 from pdesampler.losses import Dynamics, Residual, make_loss
 from pdesampler.targets import Target
@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "losses",
     "make_loss",
+    "problems",
     "targets",
     "train",
 ]

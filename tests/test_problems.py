@@ -4,6 +4,8 @@ collocation boxes, and how the Hydra app and the suites pick them up."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -302,3 +304,19 @@ def test_every_field_row_composes_and_logce_starts_log_z_at_the_prior_estimate()
             assert (cfg.loss.get("log_z_init") == "prior") == (run["name"] in far_from_zero)
         # DIS on the funnel trains in float64: its first gradients overflow float32
         assert (cfg.dtype == "float64") == (run["name"] == "funnel_dis_lv")
+
+
+def test_importing_the_package_registers_the_configs_resolvers() -> None:
+    """A config composed from the shipped files resolves with nothing but ``import pdesampler``
+    (the peak rate is an OmegaConf resolver): here in a fresh interpreter, as a user's script."""
+    script = (
+        "import pdesampler\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
+        "with initialize_config_dir(str(pdesampler.problems.CONFIG_DIR), version_base='1.3'):\n"
+        "    cfg = compose('config', overrides=['target=gmm9', 'optim.max_seconds=120'])\n"
+        "print(OmegaConf.to_container(cfg.optim, resolve=True)['lr'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) == 3e-2  # GMM-9 below 240 s
